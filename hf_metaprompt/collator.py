@@ -1,0 +1,212 @@
+"""`PromptTargetCollator`: one example `{context, query, answer?}` → the three aligned views of a meta-step.
+
+- inner view   `bos + context`                       (right-padded): what the inner step takes its loss on;
+- teacher view `bos + context + sep + query + answer` (left-padded): the prompted model, source of the targets;
+- student view `bos + query + answer`                 (left-padded): the updated model, asked without the context.
+
+Each segment is tokenized on its own and concatenated, so the query and answer tokens are identical in both views,
+and left padding right-aligns the answers: one `logits_to_keep` window then lines targets up across the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .modeling import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tokenized:
+    context: list[int]
+    query: list[int]
+    answer: list[int]
+
+
+@dataclass
+class PromptTargetCollator:
+    """Builds meta-distillation batches from raw text examples.
+
+    A batch in which no example carries an answer is *label-free*: the teacher's greedy continuation becomes the
+    target (the model generates it), and the batch holds `prompt_labels` instead of `labels`. Mixing examples with
+    and without answers in one batch is an error.
+
+    Args:
+        tokenizer: the model's tokenizer. Tokenizers without a pad token are padded with EOS (masked out).
+        max_context_length / max_query_length / max_answer_length: token limits, special tokens excluded. Queries and
+            answers over their limit raise (an answer is never cut silently); contexts follow `context_truncation`.
+        context_truncation: `"left"` keeps the last `max_context_length` context tokens (counted in
+            `num_truncated_contexts`), `"error"` raises.
+        distill_on: `"answer"` or `"query_and_answer"`: which student positions are targets.
+        context_separator: text between context and query in the teacher view.
+        context_field / query_field / answer_field: example keys.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_context_length: int = 512
+    max_query_length: int = 128
+    max_answer_length: int = 64
+    context_truncation: str = "left"
+    distill_on: str = "answer"
+    context_separator: str = "\n"
+    context_field: str = "context"
+    query_field: str = "query"
+    answer_field: str = "answer"
+    num_truncated_contexts: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.context_truncation not in ("left", "error"):
+            raise ValueError(f"`context_truncation` must be 'left' or 'error', got {self.context_truncation!r}.")
+        if self.distill_on not in ("answer", "query_and_answer"):
+            raise ValueError(f"`distill_on` must be 'answer' or 'query_and_answer', got {self.distill_on!r}.")
+        self.pad_token_id = _pad_token_id(self.tokenizer)
+        self.special_prefix = special_prefix_ids(self.tokenizer)
+        self.separator_ids = self._encode([self.context_separator])[0] if self.context_separator else []
+
+    @classmethod
+    def from_config(cls, tokenizer: PreTrainedTokenizerBase, args: Any) -> PromptTargetCollator:
+        """The collator a `MetaDistillConfig` describes."""
+        return cls(
+            tokenizer,
+            max_context_length=args.max_context_length,
+            max_query_length=args.max_query_length,
+            max_answer_length=args.max_answer_length,
+            context_truncation=args.context_truncation,
+            distill_on=args.distill_on,
+            context_separator=args.context_separator,
+            context_field=args.context_field,
+            query_field=args.query_field,
+            answer_field=args.answer_field,
+        )
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if len(examples) == 0:
+            raise ValueError("PromptTargetCollator got an empty batch.")
+        labelled = self._check(examples)
+        items = self._tokenize(examples)
+        prefix, sep = self.special_prefix, self.separator_ids
+        inner = [prefix + item.context for item in items]
+        teacher = [prefix + item.context + sep + item.query + item.answer for item in items]
+        student = [prefix + item.query + item.answer for item in items]
+        label_rows = [self._student_labels(len(prefix), item) for item in items]
+
+        batch = {}
+        batch["context_input_ids"], batch["context_attention_mask"] = self._pad(inner, left=False)
+        batch["teacher_input_ids"], batch["teacher_attention_mask"] = self._pad(teacher, left=True)
+        batch["student_input_ids"], batch["student_attention_mask"] = self._pad(student, left=True)
+        key = "labels" if labelled else "prompt_labels"
+        batch[key], _ = self._pad(label_rows, left=True, value=IGNORE_INDEX)
+        return batch
+
+    # ----- validation & tokenization ---------------------------------------------------------------------------------
+    def _check(self, examples: Sequence[Mapping[str, Any]]) -> bool:
+        has_answer = []
+        for index, example in enumerate(examples):
+            if not isinstance(example, Mapping):
+                raise TypeError(f"Example {index} of the batch is a {type(example).__name__}, expected a mapping.")
+            for name in (self.context_field, self.query_field):
+                if name not in example:
+                    raise ValueError(f"Example {index} of the batch has no {name!r} field (keys: {sorted(example)}).")
+                value = example[name]
+                if not isinstance(value, str):
+                    raise TypeError(f"Example {index}: field {name!r} must be a string, got {type(value).__name__}.")
+                if not value.strip():
+                    raise ValueError(f"Example {index}: field {name!r} is empty.")
+            answer = example.get(self.answer_field)
+            if answer is not None and not isinstance(answer, str):
+                raise TypeError(
+                    f"Example {index}: field {self.answer_field!r} must be a string or None, got "
+                    f"{type(answer).__name__}."
+                )
+            has_answer.append(bool(answer))
+        if any(has_answer) and not all(has_answer):
+            missing = [i for i, present in enumerate(has_answer) if not present]
+            raise ValueError(
+                f"Examples {missing} of the batch have no {self.answer_field!r} while others do: a batch must be all "
+                "labelled or all label-free (empty answers use the teacher's greedy continuation)."
+            )
+        return all(has_answer)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _tokenize(self, examples: Sequence[Mapping[str, Any]]) -> list[_Tokenized]:
+        contexts = self._encode([e[self.context_field] for e in examples])
+        queries = self._encode([e[self.query_field] for e in examples])
+        answers = self._encode([e.get(self.answer_field) or "" for e in examples])
+        items = []
+        for index, (context, query, answer) in enumerate(zip(contexts, queries, answers, strict=True)):
+            if len(query) > self.max_query_length:
+                raise ValueError(
+                    f"Example {index}: the query has {len(query)} tokens > max_query_length={self.max_query_length}. "
+                    "Raise max_query_length or shorten the query."
+                )
+            if len(answer) > self.max_answer_length:
+                raise ValueError(
+                    f"Example {index}: the answer has {len(answer)} tokens > max_answer_length="
+                    f"{self.max_answer_length}; answers are never truncated. Raise max_answer_length."
+                )
+            if len(context) > self.max_context_length:
+                if self.context_truncation == "error":
+                    raise ValueError(
+                        f"Example {index}: the context has {len(context)} tokens > max_context_length="
+                        f"{self.max_context_length}. Raise max_context_length or use context_truncation='left'."
+                    )
+                self.num_truncated_contexts += 1
+                logger.warning(
+                    "Context of example %d truncated from the left (%d → %d tokens); %d truncated so far.",
+                    index,
+                    len(context),
+                    self.max_context_length,
+                    self.num_truncated_contexts,
+                )
+                context = context[-self.max_context_length :]
+            if len(self.special_prefix) + len(context) < 2:
+                raise ValueError(f"Example {index}: the context must span at least two tokens to learn from.")
+            items.append(_Tokenized(context, query, answer))
+        return items
+
+    def _student_labels(self, prefix_length: int, item: _Tokenized) -> list[int]:
+        """Targets of the student view; position 0 is never a target (nothing predicts it)."""
+        query_targets = item.query if self.distill_on == "query_and_answer" else [IGNORE_INDEX] * len(item.query)
+        labels = [IGNORE_INDEX] * prefix_length + list(query_targets) + item.answer
+        labels[0] = IGNORE_INDEX
+        return labels
+
+    def _pad(
+        self, rows: list[list[int]], left: bool, value: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        value = self.pad_token_id if value is None else value
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), value, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return ids, mask
+
+
+def special_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts before a text (Llama: `[bos]`; GPT-2, Qwen2: none)."""
+    probe = "hello"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return candidate
+    raise ValueError("The tokenizer has no pad, eos or unk token to pad with; set `tokenizer.pad_token`.")

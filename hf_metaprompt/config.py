@@ -1,0 +1,224 @@
+"""Configuration of meta-distillation training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .settings import DISTILL_LOSSES, DISTILL_ON, INNER_PARAMS, MetaPromptSettings
+
+CONTEXT_TRUNCATION = ("left", "error")
+
+
+@dataclass
+class MetaDistillConfig(TrainingArguments):
+    r"""
+    Configuration class for [`MetaDistillTrainer`].
+
+    Only the parameters specific to meta-distillation are listed here; see [`~transformers.TrainingArguments`] for the
+    rest. The method (Zhang, Choshen & Andreas, 2025): per task, take `inner_steps` gradient step(s) on the plain
+    next-token loss of the context, then distil the *prompted* base model (context + query) into the *updated*
+    model given the query alone, and back-propagate through the inner step.
+
+    Parameters:
+        inner_lr (`float`, *optional*, defaults to `1e-2`):
+            Initial learning rate of the inner (absorbing) step.
+        learn_inner_lr (`bool`, *optional*, defaults to `True`):
+            Meta-learn one inner learning rate per adapted module (in log space, bounded by `min_inner_lr` and
+            `max_inner_lr`).
+        min_inner_lr (`float` or `None`, *optional*, defaults to `None`):
+            Lower bound of the learned inner learning rates. `None` means `inner_lr / 100`.
+        max_inner_lr (`float` or `None`, *optional*, defaults to `None`):
+            Upper bound of the learned inner learning rates. `None` means `inner_lr * 10`.
+        inner_lr_learning_rate (`float` or `None`, *optional*, defaults to `None`):
+            Outer-optimizer learning rate of the log inner learning rates. `None` means `learning_rate`.
+        inner_steps (`int`, *optional*, defaults to `1`):
+            Number of inner gradient steps on the context.
+        first_order (`bool`, *optional*, defaults to `False`):
+            Treat the inner gradient as a constant (first-order MAML): cheaper, measured clearly worse.
+        inner_params (`str`, *optional*, defaults to `"lora"`):
+            Which parameters the inner step updates: `"lora"` (the meta-learned LoRA adapter) or `"all"` (every
+            linear layer of the model; only sensible for small models).
+        lora_r (`int`, *optional*, defaults to `8`):
+            LoRA rank of the meta-learned adapter (when `inner_params="lora"` and no `peft_config` is given).
+        lora_alpha (`int`, *optional*, defaults to `16`):
+            LoRA alpha.
+        lora_dropout (`float`, *optional*, defaults to `0.0`):
+            LoRA dropout.
+        lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
+            Modules to adapt; `None` means every linear layer except the output head (`"all-linear"`).
+        distill_loss (`str`, *optional*, defaults to `"forward_kl"`):
+            Divergence between the prompted teacher and the updated student: `"forward_kl"` (KL(teacher‖student)),
+            `"reverse_kl"` or `"jsd"`.
+        jsd_beta (`float`, *optional*, defaults to `0.5`):
+            Interpolation weight of the generalized Jensen-Shannon divergence (only with `distill_loss="jsd"`).
+        distill_temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature applied to both teacher and student logits.
+        distill_on (`str`, *optional*, defaults to `"answer"`):
+            Positions where the divergence is taken: `"answer"` or `"query_and_answer"`.
+        max_context_length (`int`, *optional*, defaults to `512`):
+            Maximum number of context tokens (special tokens excluded).
+        max_query_length (`int`, *optional*, defaults to `128`):
+            Maximum number of query tokens; a longer query raises an error.
+        max_answer_length (`int`, *optional*, defaults to `64`):
+            Maximum number of answer tokens; a longer answer raises an error. Also the generation budget of the
+            teacher when examples carry no answer (label-free mode).
+        context_truncation (`str`, *optional*, defaults to `"left"`):
+            What to do with a context longer than `max_context_length`: `"left"` drops its oldest tokens (and counts
+            them), `"error"` raises.
+        context_separator (`str`, *optional*, defaults to `"\n"`):
+            Text placed between context and query in the prompted (teacher) view.
+        context_field (`str`, *optional*, defaults to `"context"`):
+            Dataset column holding the context.
+        query_field (`str`, *optional*, defaults to `"query"`):
+            Dataset column holding the query.
+        answer_field (`str`, *optional*, defaults to `"answer"`):
+            Dataset column holding the answer; missing or empty answers switch to the teacher's greedy continuation.
+        teacher (`str`, *optional*, defaults to `"base"`):
+            `"base"`: the model itself without the adapter (no second copy); otherwise a path or Hub id of a
+            separate frozen model sharing the tokenizer.
+        model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for `AutoModelForCausalLM.from_pretrained` when the model (or teacher) is given as a
+            string.
+    """
+
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
+
+    # Overridden defaults: the collator consumes raw text columns, so they must reach it.
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep the raw text columns: `PromptTargetCollator` tokenizes them itself."},
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Outer (meta) learning rate."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+
+    inner_lr: float = field(default=1e-2, metadata={"help": "Initial learning rate of the inner (absorbing) step."})
+    learn_inner_lr: bool = field(
+        default=True, metadata={"help": "Meta-learn one inner learning rate per adapted module (log space)."}
+    )
+    min_inner_lr: float | None = field(
+        default=None, metadata={"help": "Lower bound of learned inner LRs. Default: inner_lr / 100."}
+    )
+    max_inner_lr: float | None = field(
+        default=None, metadata={"help": "Upper bound of learned inner LRs. Default: inner_lr * 10."}
+    )
+    inner_lr_learning_rate: float | None = field(
+        default=None, metadata={"help": "Outer learning rate of the log inner LRs. Default: learning_rate."}
+    )
+    inner_steps: int = field(default=1, metadata={"help": "Number of inner gradient steps on the context."})
+    first_order: bool = field(
+        default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
+    )
+    inner_params: str = field(
+        default="lora",
+        metadata={"help": "Parameters the inner step updates.", "choices": list(INNER_PARAMS)},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank of the meta-learned adapter."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt. Default: every linear layer but the output head."}
+    )
+    distill_loss: str = field(
+        default="forward_kl",
+        metadata={"help": "Divergence teacher→student.", "choices": list(DISTILL_LOSSES)},
+    )
+    jsd_beta: float = field(default=0.5, metadata={"help": "Weight of the generalized JSD (distill_loss=jsd)."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation."})
+    distill_on: str = field(
+        default="answer",
+        metadata={"help": "Positions where the divergence is taken.", "choices": list(DISTILL_ON)},
+    )
+    max_context_length: int = field(default=512, metadata={"help": "Maximum context tokens."})
+    max_query_length: int = field(default=128, metadata={"help": "Maximum query tokens (longer raises)."})
+    max_answer_length: int = field(
+        default=64, metadata={"help": "Maximum answer tokens (longer raises); teacher generation budget."}
+    )
+    context_truncation: str = field(
+        default="left",
+        metadata={"help": "Too-long contexts: drop oldest tokens or raise.", "choices": list(CONTEXT_TRUNCATION)},
+    )
+    context_separator: str = field(default="\n", metadata={"help": "Text between context and query."})
+    context_field: str = field(default="context", metadata={"help": "Dataset column holding the context."})
+    query_field: str = field(default="query", metadata={"help": "Dataset column holding the query."})
+    answer_field: str = field(default="answer", metadata={"help": "Dataset column holding the (optional) answer."})
+    teacher: str = field(
+        default="base",
+        metadata={"help": "'base' (the model without adapter) or a path/Hub id of a separate frozen model."},
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Kwargs for AutoModelForCausalLM.from_pretrained when loading by name."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_inner_lr is None:
+            self.min_inner_lr = self.inner_lr / 100
+        if self.max_inner_lr is None:
+            self.max_inner_lr = self.inner_lr * 10
+        _check_positive(self, "inner_lr", "inner_steps", "lora_r", "lora_alpha", "distill_temperature")
+        _check_positive(self, "max_context_length", "max_query_length", "max_answer_length")
+        if self.inner_lr_learning_rate is not None:
+            _check_positive(self, "inner_lr_learning_rate")
+        if not isinstance(self.inner_steps, int):
+            raise ValueError(f"`inner_steps` must be an integer, got {self.inner_steps!r}.")
+        if not 0 < self.min_inner_lr <= self.inner_lr <= self.max_inner_lr:
+            raise ValueError(
+                "Inner learning rates must satisfy 0 < min_inner_lr <= inner_lr <= max_inner_lr, got "
+                f"min_inner_lr={self.min_inner_lr}, inner_lr={self.inner_lr}, max_inner_lr={self.max_inner_lr}."
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout}.")
+        if not 0.0 < self.jsd_beta < 1.0:
+            raise ValueError(f"`jsd_beta` must be in (0, 1), got {self.jsd_beta}.")
+        _check_choice(self, "inner_params", INNER_PARAMS)
+        _check_choice(self, "distill_loss", DISTILL_LOSSES)
+        _check_choice(self, "distill_on", DISTILL_ON)
+        _check_choice(self, "context_truncation", CONTEXT_TRUNCATION)
+        for name in ("context_field", "query_field", "answer_field"):
+            if not getattr(self, name):
+                raise ValueError(f"`{name}` must be a non-empty column name.")
+        if len({self.context_field, self.query_field, self.answer_field}) != 3:
+            raise ValueError("`context_field`, `query_field` and `answer_field` must name three different columns.")
+        if not self.teacher:
+            raise ValueError("`teacher` must be 'base' or the path/Hub id of a frozen teacher model.")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "`remove_unused_columns=True` would drop the text columns the collator needs; set it to False."
+            )
+
+    def to_settings(self) -> MetaPromptSettings:
+        """The inner-loop and distillation settings that travel with a saved checkpoint."""
+        return MetaPromptSettings(
+            inner_params=self.inner_params,
+            inner_lr=self.inner_lr,
+            learn_inner_lr=self.learn_inner_lr,
+            min_inner_lr=self.min_inner_lr,
+            max_inner_lr=self.max_inner_lr,
+            inner_steps=self.inner_steps,
+            first_order=self.first_order,
+            distill_loss=self.distill_loss,
+            jsd_beta=self.jsd_beta,
+            distill_temperature=self.distill_temperature,
+            distill_on=self.distill_on,
+            max_context_length=self.max_context_length,
+            max_query_length=self.max_query_length,
+            max_answer_length=self.max_answer_length,
+            context_separator=self.context_separator,
+        )
+
+
+def _check_positive(config: MetaDistillConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+
+
+def _check_choice(config: MetaDistillConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")

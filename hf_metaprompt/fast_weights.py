@@ -1,0 +1,233 @@
+"""Per-task fast weights: every adapted linear layer gets a `[tasks, ...]` weight, so one pass serves the batch.
+
+Row `i` of the batch is computed with slice `i` of each fast weight (or slice 0 when the fast weights hold a single
+task, broadcast to any batch). The gradient of a sum of per-task losses w.r.t. such a tensor is exactly the stack of
+per-task gradients, which makes the inner step batched without a Python loop over tasks.
+
+Substitution works by temporarily replacing the `forward` of the adapted `nn.Linear`/`Conv1D` modules. The active
+state lives in this module (not in a `with` block of the caller) because activation checkpointing recomputes layers
+during backward, long after the caller's block has exited: `checkpoint_context_fn` re-activates, during each
+recompute, exactly the fast weights and attention kernel that were active when the layer first ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.pytorch_utils import Conv1D
+
+__all__ = [
+    "AdaptedLinear",
+    "AdaptedModules",
+    "FastWeights",
+    "checkpoint_context_fn",
+    "use_fast_weights",
+]
+
+
+@dataclass(frozen=True)
+class AdaptedLinear:
+    """A linear layer whose weight (and bias) the inner step updates; `group` indexes its inner learning rate."""
+
+    name: str
+    module: nn.Module
+    group: int
+
+    @property
+    def transposed(self) -> bool:
+        # GPT-2's Conv1D stores its weight as [in, out].
+        return isinstance(self.module, Conv1D)
+
+    def parameters(self) -> list[nn.Parameter]:
+        bias = getattr(self.module, "bias", None)
+        return [self.module.weight] if bias is None else [self.module.weight, bias]
+
+
+class AdaptedModules:
+    """Which linear layers adapt, grouped by the module that owns one inner learning rate."""
+
+    def __init__(self, linears: Sequence[AdaptedLinear], group_names: Sequence[str]) -> None:
+        if not linears:
+            raise ValueError("No adaptable linear layer was found: check `lora_target_modules` / `inner_params`.")
+        self.linears = list(linears)
+        self.group_names = list(group_names)
+        self._index = {id(linear.module): i for i, linear in enumerate(self.linears)}
+
+    @classmethod
+    def from_peft(cls, peft_model: nn.Module, adapter_name: str = "default") -> AdaptedModules:
+        """LoRA mode: the `lora_A`/`lora_B` matrices of each adapted module share one learning rate."""
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import Linear as LoraLinear
+
+        linears, groups = [], []
+        for name, module in _base_model(peft_model).named_modules():
+            if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
+                continue
+            if not isinstance(module, LoraLinear):
+                raise ValueError(
+                    f"Module {name!r} is a {type(module).__name__} LoRA layer; the inner step supports LoRA on linear "
+                    "layers only. Remove it from `target_modules`."
+                )
+            if adapter_name in module.lora_variant:
+                raise ValueError(
+                    f"Module {name!r} uses a LoRA variant (e.g. DoRA); the inner step supports vanilla LoRA only."
+                )
+            group = len(groups)
+            groups.append(name)
+            linears.append(AdaptedLinear(f"{name}.lora_A", module.lora_A[adapter_name], group))
+            linears.append(AdaptedLinear(f"{name}.lora_B", module.lora_B[adapter_name], group))
+        return cls(linears, groups)
+
+    @classmethod
+    def from_linear_layers(cls, model: nn.Module) -> AdaptedModules:
+        """Full mode: every linear layer of the model except the output head, one learning rate each."""
+        output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        linears, groups = [], []
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, Conv1D)) and module is not output_head:
+                linears.append(AdaptedLinear(name, module, len(groups)))
+                groups.append(name)
+        return cls(linears, groups)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for linear in self.linears for p in linear.parameters()]
+
+    def group_index(self) -> list[int]:
+        """The learning-rate group of each tensor of `parameters()`."""
+        return [linear.group for linear in self.linears for _ in linear.parameters()]
+
+    def initial(self, num_tasks: int) -> FastWeights:
+        """The shared weights viewed as `num_tasks` copies; gradients w.r.t. them are per-task."""
+        return FastWeights(self, [p.unsqueeze(0).expand(num_tasks, *p.shape) for p in self.parameters()])
+
+    def __contains__(self, module: nn.Module) -> bool:
+        return id(module) in self._index
+
+
+class FastWeights:
+    """Per-task values of `AdaptedModules.parameters()`, each with a leading task dimension."""
+
+    def __init__(self, modules: AdaptedModules, tensors: Sequence[torch.Tensor]) -> None:
+        self.modules = modules
+        self.tensors = list(tensors)
+        offsets, offset = {}, 0
+        for linear in modules.linears:
+            offsets[id(linear.module)] = offset
+            offset += len(linear.parameters())
+        self._offsets = offsets
+
+    @property
+    def num_tasks(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def sgd_step(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> FastWeights:
+        """`w - lr[group] * g` for every tensor: differentiable in the weights, the gradients and the rates."""
+        groups = self.modules.group_index()
+        return FastWeights(
+            self.modules,
+            [w - lrs[group].to(w.dtype) * g for w, g, group in zip(self.tensors, grads, groups, strict=True)],
+        )
+
+    def detach(self) -> FastWeights:
+        return FastWeights(self.modules, [t.detach() for t in self.tensors])
+
+    def select(self, index: torch.Tensor | slice | int) -> FastWeights:
+        """The fast weights of some tasks (keeps the task dimension)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return FastWeights(self.modules, [t[index] for t in self.tensors])
+
+    def _weights_of(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        offset = self._offsets[id(module)]
+        bias = self.tensors[offset + 1] if getattr(module, "bias", None) is not None else None
+        return self.tensors[offset], bias
+
+
+@dataclass
+class _ActiveState:
+    fast_weights: FastWeights | None = None
+    math_attention: bool = False
+
+
+# Global rather than thread-local on purpose: autograd may recompute checkpointed layers on its own device threads.
+_ACTIVE = _ActiveState()
+_PATCHED: dict[int, nn.Module] = {}
+
+
+def _batched_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    fast_weights = _ACTIVE.fast_weights
+    if fast_weights is None or module not in fast_weights.modules:
+        return type(module).forward(module, x)
+    weight, bias = fast_weights._weights_of(module)
+    tasks = weight.shape[0]
+    if tasks != 1 and x.shape[0] != tasks:
+        raise ValueError(
+            f"Fast weights hold {tasks} tasks but the batch has {x.shape[0]} rows: absorb one text per row, or a "
+            "single text for the whole batch."
+        )
+    x = x.to(weight.dtype)
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    out = torch.matmul(flat, weight if isinstance(module, Conv1D) else weight.transpose(-1, -2))
+    if bias is not None:
+        out = out + bias.unsqueeze(1)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _install(modules: AdaptedModules) -> None:
+    for linear in modules.linears:
+        module = linear.module
+        if id(module) not in _PATCHED:
+            module.forward = _bound_forward(module)
+            _PATCHED[id(module)] = module
+
+
+def _uninstall() -> None:
+    for module in _PATCHED.values():
+        module.__dict__.pop("forward", None)
+    _PATCHED.clear()
+
+
+def _bound_forward(module: nn.Module):
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return _batched_forward(module, x)
+
+    return forward
+
+
+@contextlib.contextmanager
+def use_fast_weights(fast_weights: FastWeights | None, math_attention: bool = False) -> Iterator[None]:
+    """Run the model with per-task `fast_weights` (None: the shared weights), optionally with math-kernel SDPA.
+
+    The math kernel is what the inner (context) forward needs: flash and memory-efficient SDPA have no double
+    backward, so second-order meta-gradients through them fail.
+    """
+    previous = _ActiveState(_ACTIVE.fast_weights, _ACTIVE.math_attention)
+    if fast_weights is not None:
+        _install(fast_weights.modules)
+    _ACTIVE.fast_weights, _ACTIVE.math_attention = fast_weights, math_attention
+    try:
+        with sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext():
+            yield
+    finally:
+        _ACTIVE.fast_weights, _ACTIVE.math_attention = previous.fast_weights, previous.math_attention
+        if _ACTIVE.fast_weights is None:
+            _uninstall()
+
+
+def checkpoint_context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """`context_fn` for `torch.utils.checkpoint`: the recompute sees the state the original forward saw.
+
+    Without it, a layer recomputed during backward runs with whatever weights are active then (usually the shared
+    ones): the meta-gradient silently comes out 40-50% wrong.
+    """
+    captured = _ActiveState(_ACTIVE.fast_weights, _ACTIVE.math_attention)
+    return contextlib.nullcontext(), use_fast_weights(captured.fast_weights, captured.math_attention)
+
+
+def _base_model(peft_model: nn.Module) -> nn.Module:
+    return peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model

@@ -1,0 +1,71 @@
+"""Losses as small pure functions over logits; reductions are left to the caller."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher ‖ student) per position: mode-covering, the default of the paper."""
+    teacher_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
+
+def reverse_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(student ‖ teacher) per position: mode-seeking."""
+    return forward_kl(student_logits, teacher_logits, temperature)
+
+
+def generalized_jsd(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0, beta: float = 0.5
+) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence per position (GKD): β·KL(t‖m) + (1-β)·KL(s‖m), m = βt + (1-β)s."""
+    teacher_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    mixture_logp = torch.logsumexp(
+        torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0
+    )
+    kl_teacher = (teacher_logp.exp() * (teacher_logp - mixture_logp)).sum(-1)
+    kl_student = (student_logp.exp() * (student_logp - mixture_logp)).sum(-1)
+    return beta * kl_teacher + (1 - beta) * kl_student
+
+
+def distillation_divergence(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    kind: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Per-position divergence selected by name (`forward_kl`, `reverse_kl`, `jsd`)."""
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"Teacher and student logits must have the same shape, got {tuple(teacher_logits.shape)} and "
+            f"{tuple(student_logits.shape)}: do the two models share a vocabulary?"
+        )
+    if kind == "forward_kl":
+        return forward_kl(teacher_logits, student_logits, temperature)
+    if kind == "reverse_kl":
+        return reverse_kl(teacher_logits, student_logits, temperature)
+    if kind == "jsd":
+        return generalized_jsd(teacher_logits, student_logits, temperature, beta)
+    raise ValueError(f"Unknown distillation loss {kind!r}; use 'forward_kl', 'reverse_kl' or 'jsd'.")
+
+
+def sequence_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of each sequence (shape `[batch]`): the plain fine-tuning loss, one value per task.
+
+    Summing these (rather than averaging over the batch) gives each task the gradient it would get alone.
+    """
+    shift_logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    token_nll = F.cross_entropy(shift_logits.transpose(1, 2), targets, reduction="none")
+    counts = valid.sum(-1)
+    if bool((counts == 0).any()):
+        raise ValueError("Every context needs at least two tokens to take a next-token loss on.")
+    return (token_nll * valid).sum(-1) / counts

@@ -1,0 +1,305 @@
+"""`MetaDistillModel`: one forward = teacher targets + differentiable inner step + outer distillation loss.
+
+Keeping the whole meta-step inside a single `forward` of one module is what makes it work under DDP (which does not
+support double backward officially): the inner `autograd.grad` runs out of place, inside the forward, and the
+Trainer's one ordinary `backward()` of the outer loss is the only backward DDP sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .fast_weights import AdaptedModules, checkpoint_context_fn, use_fast_weights
+from .inner import check_attention_supports_meta_gradient, inner_update, position_ids_from_mask
+from .losses import distillation_divergence
+from .settings import MetaPromptSettings
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MetaDistillOutput(ModelOutput):
+    """Outer loss plus the detached diagnostics the trainer logs."""
+
+    loss: torch.Tensor | None = None
+    distill_loss: torch.Tensor | None = None
+    inner_loss: torch.Tensor | None = None
+    agreement: torch.Tensor | None = None
+    num_targets: torch.Tensor | None = None
+
+
+class MetaDistillModel(nn.Module):
+    """Wraps the meta-learned model (a `PeftModel`, or a plain model with `inner_params="all"`) and its inner LRs.
+
+    The teacher is the same model with its adapter disabled when `teacher is None` (LoRA mode), otherwise the given
+    frozen model. `pad_token_id`/`eos_token_id` are needed only in label-free mode (teacher generation).
+    """
+
+    accepts_loss_kwargs = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: MetaPromptSettings,
+        teacher: nn.Module | None = None,
+        pad_token_id: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        is_peft = hasattr(model, "disable_adapter")
+        if settings.inner_params == "lora":
+            if not is_peft:
+                raise ValueError("inner_params='lora' needs a PeftModel with a LoRA adapter.")
+            self.adapted = AdaptedModules.from_peft(model)
+        else:
+            if is_peft:
+                raise ValueError("inner_params='all' adapts the model's own linear layers; pass a model without PEFT.")
+            if teacher is None:
+                raise ValueError("inner_params='all' meta-trains the base weights: pass a frozen `teacher` copy.")
+            self.adapted = AdaptedModules.from_linear_layers(model)
+        # Not registered as a submodule: the teacher is frozen and is neither saved nor synchronised.
+        self.__dict__["teacher"] = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+        check_attention_supports_meta_gradient(model, settings.first_order)
+        initial = [settings.inner_lrs.get(name, settings.inner_lr) for name in self.adapted.group_names]
+        self.log_inner_lrs = nn.Parameter(
+            torch.tensor(initial, dtype=torch.float32).log(), requires_grad=settings.learn_inner_lr
+        )
+
+    # ----- inner learning rates -------------------------------------------------------------------------------------
+    def inner_lrs(self) -> torch.Tensor:
+        """Learned inner LRs, clamped to their bounds (the clamp also stops a runaway rate)."""
+        low, high = math.log(self.settings.min_inner_lr), math.log(self.settings.max_inner_lr)
+        return self.log_inner_lrs.clamp(low, high).exp()
+
+    def inner_lr_dict(self) -> dict[str, float]:
+        return dict(zip(self.adapted.group_names, self.inner_lrs().tolist(), strict=True))
+
+    # ----- activation checkpointing -----------------------------------------------------------------------------------
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Checkpointing that re-applies the fast weights on recompute (see `checkpoint_context_fn`)."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant", False):
+            raise ValueError(
+                "use_reentrant=True checkpointing cannot differentiate through the inner step; use the default "
+                "(use_reentrant=False)."
+            )
+        if "context_fn" in kwargs:
+            raise ValueError("`context_fn` is set by hf_metaprompt to re-apply fast weights; do not pass one.")
+        kwargs.update(use_reentrant=False, context_fn=checkpoint_context_fn)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+            )
+        else:  # transformers < 5.24
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable
+
+    # ----- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        context_input_ids: torch.Tensor,
+        context_attention_mask: torch.Tensor,
+        teacher_input_ids: torch.Tensor,
+        teacher_attention_mask: torch.Tensor,
+        student_input_ids: torch.Tensor,
+        student_attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        prompt_labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> MetaDistillOutput:
+        if labels is None:
+            if prompt_labels is None:
+                raise ValueError("Pass `labels` (examples with answers) or `prompt_labels` (label-free examples).")
+            teacher_input_ids, teacher_attention_mask, student_input_ids, student_attention_mask, labels = (
+                self._append_teacher_answers(
+                    teacher_input_ids, teacher_attention_mask, student_input_ids, student_attention_mask, prompt_labels
+                )
+            )
+        keep = target_window(labels)
+        targets = labels[:, -keep + 1 :] != IGNORE_INDEX
+        teacher_logits = self.teacher_logits(teacher_input_ids, teacher_attention_mask, keep)
+
+        create_graph = torch.is_grad_enabled()
+        fast_weights, inner_losses = inner_update(
+            self.model,
+            self.adapted,
+            self.inner_lrs(),
+            context_input_ids,
+            context_attention_mask,
+            steps=self.settings.inner_steps,
+            create_graph=create_graph,
+            first_order=self.settings.first_order,
+        )
+        with use_fast_weights(fast_weights):
+            student_logits = causal_logits(self.model, student_input_ids, student_attention_mask, keep)
+
+        s = self.settings
+        per_token = distillation_divergence(
+            teacher_logits, student_logits, s.distill_loss, s.distill_temperature, s.jsd_beta
+        )
+        total = (per_token * targets).sum()
+        num_targets = targets.sum()
+        denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)
+        loss = total / denominator
+        agreement = (teacher_logits.argmax(-1) == student_logits.argmax(-1))[targets].float().mean()
+        return MetaDistillOutput(
+            loss=loss,
+            distill_loss=(total / num_targets.clamp(min=1)).detach(),
+            inner_loss=inner_losses.mean(),
+            agreement=agreement.detach(),
+            num_targets=num_targets.detach(),
+        )
+
+    # ----- teacher ------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def teacher_mode(self):
+        """The frozen prompted model: adapter disabled (or the separate teacher), eval mode, no gradients."""
+        module = self.teacher if self.teacher is not None else self.model
+        was_training = module.training
+        adapter_off = self.model.disable_adapter() if self.teacher is None else contextlib.nullcontext()
+        module.eval()
+        try:
+            with torch.no_grad(), adapter_off:
+                yield module
+        finally:
+            module.train(was_training)
+
+    def teacher_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        with self.teacher_mode() as teacher:
+            return causal_logits(teacher, input_ids, attention_mask, keep)
+
+    def _append_teacher_answers(
+        self,
+        teacher_input_ids: torch.Tensor,
+        teacher_attention_mask: torch.Tensor,
+        student_input_ids: torch.Tensor,
+        student_attention_mask: torch.Tensor,
+        prompt_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Label-free mode: the teacher's greedy continuation (up to EOS) becomes the answer of both views."""
+        if self.eos_token_id is None or self.pad_token_id is None:
+            raise ValueError("Label-free examples need `eos_token_id` and `pad_token_id` for teacher generation.")
+        with self.teacher_mode() as teacher:
+            generated = teacher.generate(
+                input_ids=teacher_input_ids,
+                attention_mask=teacher_attention_mask,
+                max_new_tokens=self.settings.max_answer_length,
+                do_sample=False,
+                pad_token_id=self.pad_token_id,
+                eos_token_id=self.eos_token_id,
+            )[:, teacher_input_ids.shape[1] :]
+        answer_mask = generation_mask(generated, self.eos_token_id)
+        answer_labels = generated.masked_fill(answer_mask == 0, IGNORE_INDEX)
+        generated = generated.masked_fill(answer_mask == 0, self.pad_token_id)
+        teacher_ids, teacher_mask = right_align(
+            torch.cat([teacher_input_ids, generated], 1), torch.cat([teacher_attention_mask, answer_mask], 1)
+        )
+        student_ids = torch.cat([student_input_ids, generated], 1)
+        student_full_mask = torch.cat([student_attention_mask, answer_mask], 1)
+        labels = torch.cat([prompt_labels, answer_labels], 1)
+        (student_ids, labels), student_mask = right_align_many((student_ids, labels), student_full_mask)
+        return teacher_ids, teacher_mask, student_ids, student_mask, labels
+
+    # ----- persistence ----------------------------------------------------------------------------------------------
+    def current_settings(self) -> MetaPromptSettings:
+        settings = MetaPromptSettings(**{**vars(self.settings), "inner_lrs": self.inner_lr_dict()})
+        config = getattr(self.model, "config", None)
+        if settings.base_model is None and config is not None:
+            settings.base_model = getattr(config, "_name_or_path", None) or None
+        return settings
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """PEFT adapter (or full model with `inner_params="all"`) + `metaprompt_config.json`."""
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.current_settings().save(save_directory)
+
+    def load_meta_state(self, directory: str | os.PathLike) -> None:
+        """Restore the adapted weights and the learned inner LRs from a directory `save_pretrained` wrote."""
+        directory = Path(directory)
+        settings = MetaPromptSettings.load(directory)
+        if self.settings.inner_params == "lora":
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(self.model, load_peft_weights(str(directory), device="cpu"))
+        else:
+            from safetensors.torch import load_file
+
+            state = {}
+            for shard in sorted(directory.glob("model*.safetensors")):
+                state.update(load_file(shard))
+            if not state:
+                raise FileNotFoundError(f"No model*.safetensors in {directory}.")
+            self.model.load_state_dict(state, strict=False)
+        missing = [name for name in self.adapted.group_names if name not in settings.inner_lrs]
+        if missing:
+            raise ValueError(f"{directory} has no learned inner LR for {missing[:3]}: was it saved by another model?")
+        lrs = torch.tensor([settings.inner_lrs[name] for name in self.adapted.group_names])
+        with torch.no_grad():
+            self.log_inner_lrs.copy_(lrs.log())
+
+
+def causal_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits predicting the last `keep - 1` tokens (answers are right-aligned, so one slice serves the batch)."""
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=keep,
+        use_cache=False,
+    ).logits
+    return logits[:, -keep:-1]
+
+
+def target_window(labels: torch.Tensor) -> int:
+    """Columns from the first target to the end, plus the position that predicts the first target."""
+    has_target = (labels != IGNORE_INDEX).any(0)
+    if not bool(has_target.any()):
+        raise ValueError("The batch has no target token: every example needs a non-empty answer (or query target).")
+    first = int(has_target.nonzero()[0])
+    if first == 0:
+        raise ValueError("A target token sits at position 0, where nothing predicts it.")
+    return labels.shape[1] - first + 1
+
+
+def generation_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for generated tokens up to and including the first EOS, 0 after it."""
+    is_eos = (generated == eos_token_id).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
+    return (~after_eos).long()
+
+
+def right_align_many(
+    tensors: tuple[torch.Tensor, ...], attention_mask: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Move each row's valid tokens to the right end (left padding), keeping their order.
+
+    The padding value of each shifted tensor is whatever its masked entries held.
+    """
+    # Sort key: padding first (0), then the valid tokens in their original order.
+    width = attention_mask.shape[1]
+    order = torch.argsort(attention_mask * width + torch.arange(width, device=attention_mask.device), dim=1)
+    return tuple(t.gather(1, order) for t in tensors), attention_mask.gather(1, order)
+
+
+def right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    (aligned,), mask = right_align_many((input_ids,), attention_mask)
+    return aligned, mask

@@ -1,0 +1,292 @@
+"""`MetaDistillTrainer`: meta-train a model so that one gradient step on a text acts like prompting with it."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollator,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+)
+from transformers.trainer_utils import EvalPrediction
+
+from .collator import PromptTargetCollator
+from .config import MetaDistillConfig
+from .modeling import MetaDistillModel
+from .settings import METAPROMPT_CONFIG_NAME
+
+logger = logging.getLogger(__name__)
+
+
+class MetaDistillTrainer(Trainer):
+    """Trainer for meta-distillation (Zhang, Choshen & Andreas, 2025, "Can Gradient Descent Simulate Prompting?").
+
+    Each training step, for every task of the batch: teacher targets from the prompted frozen model, one (or
+    `inner_steps`) differentiable SGD step(s) of the meta-learned adapter on the context, and the KL between the
+    teacher and the updated model given only the query; the gradient flows back through the inner step.
+
+    Args:
+        model: a model id/path, a `PreTrainedModel` (a LoRA adapter is added from `peft_config` or the config's
+            LoRA fields) or a `PeftModel` (its active adapter is the meta-learned one).
+        args: a `MetaDistillConfig`.
+        data_collator: defaults to `PromptTargetCollator` built from the tokenizer and `args`.
+        processing_class: the tokenizer; loaded from `model` when it is a string.
+        peft_config: a `peft.LoraConfig` overriding the config's LoRA fields.
+    """
+
+    _tag_names = ["hf_metaprompt", "meta-learning", "meta-distillation"]
+    _name = "MetaDistill"
+    _paper = {
+        "title": "Can Gradient Descent Simulate Prompting?",
+        "id": "2506.20989",
+        "citation": "Zhang, Choshen & Andreas (2025)",
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | nn.Module,
+        args: MetaDistillConfig | None = None,
+        data_collator: DataCollator | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        peft_config: Any | None = None,
+    ) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else type(model).__name__
+            args = MetaDistillConfig(f"{str(name).split('/')[-1]}-metaprompt")
+        if not isinstance(args, MetaDistillConfig):
+            raise TypeError(f"`args` must be a MetaDistillConfig, got {type(args).__name__}.")
+        if isinstance(model, str):
+            processing_class = processing_class or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model, **_init_kwargs(args))
+        if processing_class is None:
+            raise ValueError("Pass the tokenizer as `processing_class` (it builds the default collator).")
+        _check_distributed_support(args)
+
+        model = _prepare_meta_model(model, args, peft_config)
+        teacher = _load_teacher(model, args)
+        meta_model = MetaDistillModel(
+            model,
+            args.to_settings(),
+            teacher=teacher,
+            pad_token_id=_pad_id(processing_class),
+            eos_token_id=processing_class.eos_token_id,
+        )
+        if data_collator is None:
+            data_collator = PromptTargetCollator.from_config(processing_class, args)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        super().__init__(
+            model=meta_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+    @property
+    def meta_model(self) -> MetaDistillModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ----- loss ----------------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+        loss = self._guard_non_finite(outputs.loss)
+        self._record(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _guard_non_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """A non-finite meta-loss becomes an exact zero gradient (logged), instead of NaN weights.
+
+        The zero loss is still built from every trainable parameter so that DDP's backward stays in step.
+        """
+        if not self.model.training or bool(torch.isfinite(loss.detach())):
+            return loss
+        logger.warning("Non-finite meta-loss at step %d: skipping its gradient.", self.state.global_step)
+        self._metrics["train"]["skipped_batches"].append(1.0)
+        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+
+    def _record(self, outputs) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        metrics["distill_loss"].append(outputs.distill_loss.item())
+        metrics["inner_loss"].append(outputs.inner_loss.item())
+        metrics["teacher_agreement"].append(outputs.agreement.item())
+        metrics["inner_lr"].append(self.meta_model.inner_lrs().mean().item())
+        if mode == "train":
+            metrics["skipped_batches"].append(0.0)
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, None, None]:
+        """Evaluation loss = distillation loss after the (non-differentiated) inner step."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values:
+                logs[f"{prefix}{key}"] = sum(values) / len(values) if key != "skipped_batches" else sum(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ----- optimizer ---------------------------------------------------------------------------------------------------
+    def create_optimizer(self, model: nn.Module | None = None):
+        """The log inner LRs get their own group: no weight decay, `inner_lr_learning_rate`."""
+        if self.optimizer is None and self.args.inner_lr_learning_rate is not None:
+            self.optimizer = _with_inner_lr_group(self, model)
+            return self.optimizer
+        return super().create_optimizer(model) if model is not None else super().create_optimizer()
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        return [name for name in super().get_decay_parameter_names(model) if "log_inner_lrs" not in name]
+
+    # ----- saving & loading ------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Adapter (PEFT format) + `metaprompt_config.json` + tokenizer + training args."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        logger.info("Saving meta-trained checkpoint to %s", output_dir)
+        self.meta_model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, METAPROMPT_CONFIG_NAME)):
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {METAPROMPT_CONFIG_NAME}: it was not written by MetaDistillTrainer."
+            )
+        target = self.accelerator.unwrap_model(model) if model is not None else self.meta_model
+        target.load_meta_state(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _init_kwargs(args: MetaDistillConfig) -> dict[str, Any]:
+    kwargs = dict(args.model_init_kwargs or {})
+    kwargs.setdefault("attn_implementation", "sdpa")
+    return kwargs
+
+
+def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: Any | None) -> nn.Module:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if args.inner_params == "all":
+        if isinstance(model, PeftModel) or peft_config is not None:
+            raise ValueError("inner_params='all' adapts the model's own weights: pass a plain model, no peft_config.")
+        return model
+    if isinstance(model, PeftModel):
+        if peft_config is not None:
+            raise ValueError("`model` is already a PeftModel: its adapter is the meta-learned one; drop peft_config.")
+        return model
+    if peft_config is None:
+        peft_config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules or "all-linear",
+            task_type="CAUSAL_LM",
+        )
+    return get_peft_model(model, peft_config)
+
+
+def _load_teacher(model: nn.Module, args: MetaDistillConfig) -> nn.Module | None:
+    """`None` means: the model itself with its adapter disabled."""
+    if args.teacher != "base":
+        teacher = AutoModelForCausalLM.from_pretrained(args.teacher, **_init_kwargs(args))
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise ValueError(
+                f"The teacher {args.teacher!r} has vocab_size {teacher.config.vocab_size}, the model "
+                f"{model.config.vocab_size}: teacher and student must share a tokenizer."
+            )
+        return teacher.eval()
+    if args.inner_params == "all":
+        # The meta-trained weights are the base weights themselves: keep a frozen copy of the starting point.
+        return copy.deepcopy(model).eval()
+    return None
+
+
+def _check_distributed_support(args: MetaDistillConfig) -> None:
+    """ZeRO-3 and FSDP shard the parameters the inner step substitutes; not proven correct yet."""
+    if args.fsdp:
+        raise ValueError(
+            "FSDP is not supported: sharded parameters break the per-task fast weights of the inner step (meta-"
+            "gradients unverified). Use DDP or DeepSpeed ZeRO-1/2."
+        )
+    if args.deepspeed:
+        stage = _deepspeed_stage(args)
+        if stage == 3:
+            raise ValueError(
+                "DeepSpeed ZeRO-3 is not supported: partitioned parameters break the inner step's fast weights. "
+                "Use ZeRO stage 1 or 2."
+            )
+
+
+def _deepspeed_stage(args: MetaDistillConfig) -> int | None:
+    config = args.hf_deepspeed_config.config if getattr(args, "hf_deepspeed_config", None) else args.deepspeed
+    if isinstance(config, str):
+        import json
+
+        with open(config) as handle:
+            config = json.load(handle)
+    return (config or {}).get("zero_optimization", {}).get("stage")
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _with_inner_lr_group(trainer: MetaDistillTrainer, model: nn.Module | None) -> torch.optim.Optimizer:
+    model = model if model is not None else trainer.model
+    decay = set(trainer.get_decay_parameter_names(model))
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "inner_lr": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = "inner_lr" if "log_inner_lrs" in name else ("decay" if name in decay else "no_decay")
+        groups[key].append(param)
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    param_groups = [
+        {"params": groups["decay"], "weight_decay": trainer.args.weight_decay},
+        {"params": groups["no_decay"], "weight_decay": 0.0},
+        {"params": groups["inner_lr"], "weight_decay": 0.0, "lr": trainer.args.inner_lr_learning_rate},
+    ]
+    return optimizer_cls([g for g in param_groups if g["params"]], **optimizer_kwargs)
