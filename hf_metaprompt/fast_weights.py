@@ -225,8 +225,23 @@ def checkpoint_context_fn() -> tuple[contextlib.AbstractContextManager, contextl
     Without it, a layer recomputed during backward runs with whatever weights are active then (usually the shared
     ones): the meta-gradient silently comes out 40-50% wrong.
     """
-    captured = _ActiveState(_ACTIVE.fast_weights, _ACTIVE.math_attention)
-    return contextlib.nullcontext(), use_fast_weights(captured.fast_weights, captured.math_attention)
+    return contextlib.nullcontext(), _Reactivate(_ActiveState(_ACTIVE.fast_weights, _ACTIVE.math_attention))
+
+
+class _Reactivate:
+    """Re-enterable: a layer's forward may be recomputed more than once (inner grad, then outer backward)."""
+
+    def __init__(self, state: _ActiveState) -> None:
+        self.state = state
+        self._contexts: list[contextlib.AbstractContextManager] = []
+
+    def __enter__(self) -> None:
+        context = use_fast_weights(self.state.fast_weights, self.state.math_attention)
+        context.__enter__()
+        self._contexts.append(context)
+
+    def __exit__(self, *exc_info) -> None:
+        self._contexts.pop().__exit__(*exc_info)
 
 
 def _base_model(peft_model: nn.Module) -> nn.Module:

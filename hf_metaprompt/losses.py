@@ -8,10 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """At least float32 for the softmax (bf16 logits lose the tail), float64 stays float64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher ‖ student) per position: mode-covering, the default of the paper."""
-    teacher_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_logp = F.log_softmax(_upcast(teacher_logits) / temperature, dim=-1)
+    student_logp = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)
     return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
 
 
@@ -24,8 +29,8 @@ def generalized_jsd(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0, beta: float = 0.5
 ) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence per position (GKD): β·KL(t‖m) + (1-β)·KL(s‖m), m = βt + (1-β)s."""
-    teacher_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_logp = F.log_softmax(_upcast(teacher_logits) / temperature, dim=-1)
+    student_logp = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)
     mixture_logp = torch.logsumexp(
         torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0
     )
@@ -61,7 +66,7 @@ def sequence_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: 
 
     Summing these (rather than averaging over the batch) gives each task the gradient it would get alone.
     """
-    shift_logits = logits[:, :-1].float()
+    shift_logits = _upcast(logits[:, :-1])
     targets = input_ids[:, 1:]
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     token_nll = F.cross_entropy(shift_logits.transpose(1, 2), targets, reduction="none")

@@ -1,0 +1,269 @@
+"""A tiny synthetic world of fictitious people, the library's embedded default task set.
+
+Each person is a name (first x last) with a description (profession x city). A task shows K facts about K people
+(the asked one plus K - 1 distractors that share parts of its name or description) and asks one question, either
+``forward`` (name -> description) or ``reversed`` (description -> name). Facts always state the name first, so a
+reversed question asks for the direction a model only reads backwards: the reversal-curse direction. Distractors
+are what keep plain fine-tuning on the context honest: with a single fact, "say the only name you saw" answers
+reversed questions; with K distinct names it is right about 1/K of the time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import datasets
+
+FIRST_NAMES = (
+    "Alice", "Bruno", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ingrid", "Jonas",
+    "Keiko", "Liam", "Maya", "Nikolai", "Olga", "Pablo", "Quentin", "Rosa", "Sven", "Tara",
+    "Umar", "Vera", "Walter", "Ximena", "Yusuf", "Zoe", "Amara", "Boris", "Celine", "Diego",
+    "Esther", "Felix", "Gloria", "Hassan", "Irene", "Jasper", "Kira", "Lorenzo", "Mila", "Nadia",
+    "Oscar", "Priya", "Rafael", "Selma", "Tobias", "Ursula", "Victor", "Wendy", "Yara", "Zane",
+    "Anton", "Beatrix", "Cyrus", "Daria", "Emil", "Fiona", "Gideon", "Hana", "Igor", "Julia",
+)  # fmt: skip
+LAST_NAMES = (
+    "Moreau", "Novak", "Castillo", "Lindqvist", "Okafor", "Tanaka", "Brennan", "Kowalski", "Haddad", "Ferreira",
+    "Jansen", "Petrov", "Rossi", "Schmidt", "Dubois", "Nakamura", "Oliveira", "Kaplan", "Sorensen", "Mendez",
+    "Varga", "Fischer", "Costa", "Quinn", "Horvat", "Eriksen", "Bianchi", "Duarte", "Weber", "Romero",
+    "Larsen", "Marchetti", "Kuznetsov", "Alvarez", "Berger", "Yilmaz", "Lambert", "Morales", "Hoffmann", "Ivanov",
+    "Keller", "Moretti", "Navarro", "Popescu", "Richter", "Santos", "Takahashi", "Vogel", "Wagner", "Zielinski",
+    "Abbott", "Barlow", "Carver", "Dalton", "Ellison", "Fairley", "Garrity", "Holloway", "Kingsley", "Mercer",
+)  # fmt: skip
+PROFESSIONS = (
+    "baker", "teacher", "pilot", "nurse", "farmer", "painter", "lawyer", "dentist", "chemist", "carpenter",
+    "architect", "librarian", "plumber", "sculptor", "journalist", "engineer", "florist", "tailor", "butcher",
+    "surgeon", "astronomer", "violinist", "photographer", "electrician", "jeweler", "pharmacist", "poet",
+    "gardener", "mechanic", "economist",
+)  # fmt: skip
+CITIES = (
+    "Lisbon", "Oslo", "Cairo", "Lima", "Dublin", "Vienna", "Prague", "Seoul", "Nairobi", "Quito",
+    "Madrid", "Berlin", "Warsaw", "Athens", "Helsinki", "Manila", "Bogota", "Havana", "Tunis", "Riga",
+    "Zagreb", "Porto", "Geneva", "Naples", "Kyoto", "Montreal", "Denver", "Perth", "Accra", "Hanoi",
+)  # fmt: skip
+
+# Paraphrases of one fact; the name always comes first so that description -> name is the reversed direction.
+FACT_TEMPLATES = (
+    "{name} is {description}.",
+    "{name} works as {article} {profession} in {city}.",
+    "{name} lives in {city} and works as {article} {profession}.",
+    "{name}, {article} {profession}, is based in {city}.",
+)
+FORWARD_QUERIES = ("Q: Who is {name}?\nA:", "Q: Tell me about {name}.\nA:")
+REVERSED_QUERIES = (
+    "Q: Who is the {profession} from {city}?\nA:",
+    "Q: Which person is {article} {profession} in {city}?\nA:",
+)
+DIRECTIONS = ("forward", "reversed")
+# What a distractor may share with the asked person.
+ATTRIBUTES = ("profession", "city", "first", "last")
+# Bounded so that every held-out split always has enough people with distinct descriptions to fill a context.
+MAX_FACTS_PER_CONTEXT = 64
+
+# Share of the world's people (all first x last names) held out for validation and for test.
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Person:
+    """One fictitious person; the world holds each name once."""
+
+    first: str
+    last: str
+    profession: str
+    city: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.first} {self.last}"
+
+    @property
+    def article(self) -> str:
+        return "an" if self.profession[0] in "aeiou" else "a"
+
+    @property
+    def description(self) -> str:
+        """The canonical description, also the forward answer (after a leading space)."""
+        return f"{self.article} {self.profession} from {self.city}"
+
+    def _fields(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "article": self.article,
+            "profession": self.profession,
+            "city": self.city,
+        }
+
+    def fact(self, rng: random.Random) -> str:
+        """One paraphrase of the person's fact, chosen by ``rng``."""
+        return rng.choice(FACT_TEMPLATES).format(**self._fields())
+
+    def question(self, direction: str, rng: random.Random) -> tuple[str, str]:
+        """A ``(query, answer)`` pair about this person; answers start with a space and carry no punctuation."""
+        if direction == "forward":
+            return rng.choice(FORWARD_QUERIES).format(**self._fields()), f" {self.description}"
+        if direction == "reversed":
+            return rng.choice(REVERSED_QUERIES).format(**self._fields()), f" {self.name}"
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def build_world(seed: int = 0) -> dict[str, list[Person]]:
+    """Every first x last name once, with a random description, split by person into train/validation/test."""
+    rng = random.Random(f"tiny_world/{seed}/people")
+    names = [(first, last) for first in FIRST_NAMES for last in LAST_NAMES]
+    rng.shuffle(names)
+    people = [Person(first, last, rng.choice(PROFESSIONS), rng.choice(CITIES)) for first, last in names]
+    num_held_out = int(len(people) * HELD_OUT_FRACTION)
+    return {
+        "validation": people[:num_held_out],
+        "test": people[num_held_out : 2 * num_held_out],
+        "train": people[2 * num_held_out :],
+    }
+
+
+class _ContextSampler:
+    """Draws contexts around a target person from one split, with same-type distractors."""
+
+    def __init__(self, people: list[Person], facts_per_context: int, rng: random.Random) -> None:
+        self.people = people
+        self.facts_per_context = facts_per_context
+        self.rng = rng
+        # One index per attribute, so that distractors sharing an attribute with the target are found fast.
+        self.by_attribute: dict[tuple[str, str], list[Person]] = {}
+        for person in people:
+            for attribute in ATTRIBUTES:
+                self.by_attribute.setdefault((attribute, getattr(person, attribute)), []).append(person)
+
+    def people_around(self, target: Person) -> list[Person]:
+        """The target and K - 1 distractors in random order, all with distinct names and descriptions.
+
+        One distractor per attribute (profession, city, first name, last name) shares it with the target where the
+        split allows, then the rest are drawn among people sharing any attribute, then among everyone: matching a
+        single word of the question is then not enough to find the asked fact.
+        """
+        chosen = [target]
+        names, descriptions = {target.name}, {target.description}
+
+        def draw(candidates: list[Person], count: int, attempts: int) -> None:
+            # Random draws with a bounded number of attempts: cheap even when few candidates are admissible.
+            goal = min(len(chosen) + count, self.facts_per_context)
+            for _ in range(attempts):
+                if len(chosen) >= goal:
+                    return
+                person = self.rng.choice(candidates)
+                if person.name not in names and person.description not in descriptions:
+                    chosen.append(person)
+                    names.add(person.name)
+                    descriptions.add(person.description)
+
+        sharing = [self.by_attribute[(attribute, getattr(target, attribute))] for attribute in ATTRIBUTES]
+        for candidates in sharing:
+            draw(candidates, count=1, attempts=8)
+        draw([person for candidates in sharing for person in candidates], count=self.facts_per_context, attempts=64)
+        while len(chosen) < self.facts_per_context:
+            draw(self.people, count=self.facts_per_context, attempts=64)
+        self.rng.shuffle(chosen)
+        return chosen
+
+    def context(self, people: list[Person]) -> str:
+        """The facts about ``people``, one paraphrase each, joined into one paragraph."""
+        return " ".join(person.fact(self.rng) for person in people)
+
+
+def _check_facts_per_context(facts_per_context: int) -> None:
+    if not isinstance(facts_per_context, int) or not 1 <= facts_per_context <= MAX_FACTS_PER_CONTEXT:
+        raise ValueError(
+            f"facts_per_context must be an integer in [1, {MAX_FACTS_PER_CONTEXT}], got {facts_per_context!r}"
+        )
+
+
+def _split_tasks(people: list[Person], num_tasks: int, facts_per_context: int, rng: random.Random) -> dict:
+    """``num_tasks`` tasks on one split's people; directions alternate so both are balanced in every prefix."""
+    sampler = _ContextSampler(people, facts_per_context, rng)
+    columns: dict[str, list[str]] = {"context": [], "query": [], "answer": [], "direction": []}
+    for index in range(num_tasks):
+        direction = DIRECTIONS[index % 2]
+        target = rng.choice(people)
+        query, answer = target.question(direction, rng)
+        columns["context"].append(sampler.context(sampler.people_around(target)))
+        columns["query"].append(query)
+        columns["answer"].append(answer)
+        columns["direction"].append(direction)
+    return columns
+
+
+def load_tiny_world(
+    seed: int = 0,
+    num_train: int = 4000,
+    num_validation: int = 400,
+    num_test: int = 400,
+    facts_per_context: int = 8,
+) -> datasets.DatasetDict:
+    """The embedded task set: ``train``/``validation``/``test`` with columns context, query, answer, direction.
+
+    Splits hold disjoint people; each split's tasks come from their own random stream, so changing ``num_train``
+    leaves validation and test unchanged.
+    """
+    _check_facts_per_context(facts_per_context)
+    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
+    for split, size in sizes.items():
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"num_{split} must be a non-negative integer, got {size!r}")
+    world = build_world(seed)
+    features = datasets.Features(
+        {column: datasets.Value("string") for column in ("context", "query", "answer", "direction")}
+    )
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                _split_tasks(world[split], size, facts_per_context, random.Random(f"tiny_world/{seed}/{split}")),
+                features=features,
+            )
+            for split, size in sizes.items()
+        }
+    )
+
+
+@dataclass(frozen=True)
+class PretrainingDocument:
+    """One context and several questions about distinct people in it (the first about the context's target)."""
+
+    context: str
+    questions: list[tuple[str, str]]
+
+
+def iter_pretraining_documents(
+    seed: int = 0, facts_per_context: int = 8, questions_per_context: int = 4, min_facts_per_context: int | None = None
+) -> Iterator[PretrainingDocument]:
+    """An endless stream of documents on the TRAIN people of ``build_world(seed)``, for pretraining the base.
+
+    Validation and test people never appear, so a base trained on this stream can only answer them from a prompt.
+    With ``min_facts_per_context``, each context holds a uniformly drawn number of facts in
+    ``[min_facts_per_context, facts_per_context]``: short contexts make in-context lookup easier to discover, long
+    ones match the evaluation. Each document asks ``min(questions_per_context, facts)`` questions about distinct
+    people, directions drawn at random.
+    """
+    _check_facts_per_context(facts_per_context)
+    min_facts = facts_per_context if min_facts_per_context is None else min_facts_per_context
+    if not 1 <= min_facts <= facts_per_context:
+        raise ValueError(
+            f"min_facts_per_context must be in [1, facts_per_context={facts_per_context}], got {min_facts}"
+        )
+    if questions_per_context < 1:
+        raise ValueError(f"questions_per_context must be positive, got {questions_per_context}")
+    people = build_world(seed)["train"]
+    rng = random.Random(f"tiny_world/{seed}/pretraining")
+    samplers = {k: _ContextSampler(people, k, rng) for k in range(min_facts, facts_per_context + 1)}
+    while True:
+        sampler = samplers[rng.randint(min_facts, facts_per_context)]
+        target = rng.choice(people)
+        around = sampler.people_around(target)
+        others = [person for person in around if person is not target]
+        asked = [target, *rng.sample(others, min(questions_per_context, len(around)) - 1)]
+        yield PretrainingDocument(
+            context=sampler.context(around),
+            questions=[person.question(rng.choice(DIRECTIONS), rng) for person in asked],
+        )

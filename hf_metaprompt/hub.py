@@ -1,0 +1,247 @@
+"""Model cards for meta-trained checkpoints.
+
+A meta-trained checkpoint is only useful with the inner-loop settings it was trained for, and its numbers only mean
+something next to the baselines (base model with and without the text in the prompt, plain fine-tuning). The card
+records both, in the body for people and in the `model-index` metadata for the Hub.
+
+The template is `model_cards/template.md` in the repository; an identical copy ships inside the package
+(`hf_metaprompt/templates/model_card.md`) so an installed wheel renders the same card. A test keeps them identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+
+logger = logging.getLogger(__name__)
+
+MODEL_CARD_TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+LIBRARY_NAMES = ("peft", "transformers")
+DEFAULT_TAGS = ("hf_metaprompt", "meta-learning")
+EVAL_METRICS = ("exact_match", "f1")  # the metrics that go into `model-index`; the body table also has the rest
+_ROW_REQUIRED_KEYS = ("task", "condition")
+_ROW_NUMERIC_KEYS = ("exact_match", "f1", "answer_logprob", "n")
+# Shown first in the inner-loop table, in this order; any other scalar setting follows.
+_INNER_KEYS_FIRST = ("inner_params", "inner_steps", "inner_lr", "learn_inner_lr", "min_inner_lr", "max_inner_lr")
+_EXAMPLE_CONTEXT = "Ada Lovelace was born in London in 1815. She wrote the first published computer program."
+_EXAMPLE_QUESTION = "Where was Ada Lovelace born?"
+
+
+def _check_repo_id(value: Any, field_name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`{field_name}` must be a non-empty Hub repo id (e.g. 'org/name'), got {value!r}.")
+    try:
+        validate_repo_id(value)
+    except HFValidationError as error:
+        raise ValueError(f"`{field_name}` must be a Hub repo id, not a local path: {error}") from error
+    return value
+
+
+def _number(row: Mapping[str, Any], key: str) -> float | None:
+    """The row's value for `key` as a plain float (YAML cannot dump tensors), `None` if absent or NaN."""
+    value = row.get(key)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"Evaluation row {dict(row)!r}: `{key}` must be a number, got {value!r}.") from error
+    return None if math.isnan(number) else number
+
+
+def _check_rows(eval_results: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    rows = list(eval_results or [])
+    for row in rows:
+        if not isinstance(row, Mapping):
+            raise ValueError(f"Each evaluation row must be a dict, got {type(row).__name__}.")
+        missing = [key for key in _ROW_REQUIRED_KEYS if not row.get(key)]
+        if missing:
+            raise ValueError(f"Evaluation row {dict(row)!r} lacks {missing}: every row needs a task and a condition.")
+        for key in _ROW_NUMERIC_KEYS:
+            _number(row, key)
+    return rows
+
+
+def eval_rows_to_eval_results(
+    rows: Sequence[Mapping[str, Any]], task_type: str = "question-answering"
+) -> list[EvalResult]:
+    """One `EvalResult` per row and metric in `EVAL_METRICS`.
+
+    The Hub groups a model-index by (task type, dataset, config, split), so the direction goes into the dataset
+    config and the condition into each metric's name and `args`: that keeps every row distinguishable after a
+    round trip through the README.
+    """
+    results = []
+    for row in _check_rows(rows):
+        n = _number(row, "n")
+        args: dict[str, Any] = {"condition": str(row["condition"])}
+        if n is not None:
+            args["n"] = int(n)
+        for metric in EVAL_METRICS:
+            value = _number(row, metric)
+            if value is None:
+                continue
+            results.append(
+                EvalResult(
+                    task_type=row.get("task_type", task_type),
+                    dataset_type=str(row["task"]),
+                    dataset_name=str(row["task"]),
+                    dataset_config=str(row["direction"]) if row.get("direction") else None,
+                    dataset_split=row.get("split"),
+                    metric_type=metric,
+                    metric_value=value,
+                    metric_name=f"{metric} ({row['condition']})",
+                    metric_args=dict(args),
+                )
+            )
+    return results
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _format_metric(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _inner_rows(inner_settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    scalars = {k: v for k, v in inner_settings.items() if k not in ("base_model", "inner_lrs") and not isinstance(v, dict)}
+    ordered = [k for k in _INNER_KEYS_FIRST if k in scalars] + [k for k in scalars if k not in _INNER_KEYS_FIRST]
+    return [(key, _format_value(scalars[key])) for key in ordered]
+
+
+def _adapted_params(inner_settings: Mapping[str, Any], library_name: str) -> str:
+    inner_params = inner_settings.get("inner_params", "lora" if library_name == "peft" else None)
+    if inner_params == "lora":
+        text = "a LoRA adapter on the frozen base model; the inner step updates only the adapter"
+    elif inner_params == "all":
+        text = "all weights of the model; the inner step updates every weight"
+    else:
+        text = f"`{inner_params}`" if inner_params else "not recorded"
+    if inner_settings.get("learn_inner_lr"):
+        text += ", plus one learned inner learning rate per adapted module"
+    return text
+
+
+def build_model_card(
+    *,
+    repo_id: str,
+    base_model: str,
+    inner_settings: Mapping[str, Any],
+    eval_results: Sequence[Mapping[str, Any]] | None = None,
+    datasets: Sequence[str] | None = None,
+    command: str | None = None,
+    license: str = "apache-2.0",
+    tags: Sequence[str] | None = None,
+    library_name: str = "peft",
+    task_type: str = "question-answering",
+    example_context: str = _EXAMPLE_CONTEXT,
+    example_question: str = _EXAMPLE_QUESTION,
+) -> ModelCard:
+    """Render the card of a meta-trained checkpoint.
+
+    Args:
+        repo_id (`str`): Hub id the checkpoint is (or will be) pushed to; used in the usage snippet.
+        base_model (`str`): Hub id of the frozen base model. Required: the checkpoint cannot be used without it.
+        inner_settings (`dict`): the inner-loop settings (as in `metaprompt_config.json`): `inner_lr`,
+            `inner_steps`, `inner_params`, learned `inner_lrs` per module, ...
+        eval_results (`list[dict]`, *optional*): rows `{"task", "condition", "direction", "exact_match", "f1",
+            "answer_logprob", "n"}`; `task` and `condition` are required, missing metrics are left blank.
+        datasets (`list[str]`, *optional*): Hub ids of the meta-training data.
+        command (`str`, *optional*): the command that produced the checkpoint.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): license of the checkpoint.
+        tags (`list[str]`, *optional*): extra tags; `hf_metaprompt` and `meta-learning` are always added.
+        library_name (`str`, *optional*, defaults to `"peft"`): `"peft"` for adapter checkpoints, `"transformers"`
+            when the inner step adapts all weights and full weights are saved.
+        task_type (`str`, *optional*, defaults to `"question-answering"`): model-index task type of the rows
+            (a row's own `task_type` key wins), e.g. `"text-generation"`.
+        example_context / example_question (`str`, *optional*): the text and question of the usage snippet.
+    """
+    repo_id = _check_repo_id(repo_id, "repo_id")
+    base_model = _check_repo_id(base_model, "base_model")
+    if library_name not in LIBRARY_NAMES:
+        raise ValueError(f"`library_name` must be one of {LIBRARY_NAMES}, got {library_name!r}.")
+    if not isinstance(inner_settings, Mapping):
+        raise ValueError(f"`inner_settings` must be a dict of inner-loop settings, got {type(inner_settings).__name__}.")
+    dataset_list = [_check_repo_id(d, "datasets") for d in datasets or []]
+    rows = _check_rows(eval_results)
+
+    all_tags = [*DEFAULT_TAGS, *(tags or [])]
+    if library_name == "peft":
+        all_tags += ["lora", f"base_model:adapter:{base_model}"]
+    evals = eval_rows_to_eval_results(rows, task_type=task_type)
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name=library_name,
+        license=license,
+        datasets=dataset_list or None,
+        tags=all_tags,
+        pipeline_tag="text-generation",
+        model_name=repo_id if evals else None,
+        eval_results=evals or None,
+    )
+
+    inner_steps = inner_settings.get("inner_steps")
+    if inner_steps == 1:
+        inner_steps_phrase = "one gradient step"
+    elif inner_steps:
+        inner_steps_phrase = f"{inner_steps} gradient steps"
+    else:
+        inner_steps_phrase = "the meta-trained gradient step(s)"
+    inner_lrs = inner_settings.get("inner_lrs") or {}
+    results_rows = [
+        {
+            "task": row["task"],
+            "condition": row["condition"],
+            "direction": row.get("direction") or "–",
+            "exact_match": _format_metric(_number(row, "exact_match"), 3),
+            "f1": _format_metric(_number(row, "f1"), 3),
+            "answer_logprob": _format_metric(_number(row, "answer_logprob"), 2),
+            "n": _format_metric(_number(row, "n"), 0),
+        }
+        for row in rows
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(MODEL_CARD_TEMPLATE_PATH),
+        repo_id=repo_id,
+        adapted_params=_adapted_params(inner_settings, library_name),
+        inner_steps_phrase=inner_steps_phrase,
+        inner_rows=_inner_rows(inner_settings),
+        inner_lr_rows=[(module, _format_value(float(lr))) for module, lr in inner_lrs.items()],
+        max_context_length=inner_settings.get("max_context_length"),
+        dataset_list=dataset_list,
+        results_rows=results_rows,
+        command=command.strip() if command else None,
+        example_context=json.dumps(example_context, ensure_ascii=False),
+        example_question=json.dumps(example_question, ensure_ascii=False),
+    )
+
+
+def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Build the card (same arguments as `build_model_card`) and save it as `output_dir/README.md`.
+
+    An existing README (e.g. the generic one `PeftModel.save_pretrained` writes) is replaced: this card is the one
+    that says how to use the checkpoint.
+    """
+    card = build_model_card(**kwargs)
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        logger.info("Replacing the existing model card %s", path)
+    card.save(path)
+    return path
