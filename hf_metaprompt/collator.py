@@ -180,9 +180,7 @@ class PromptTargetCollator:
         labels[0] = IGNORE_INDEX
         return labels
 
-    def _pad(
-        self, rows: list[list[int]], left: bool, value: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         value = self.pad_token_id if value is None else value
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), value, dtype=torch.long)

@@ -61,8 +61,8 @@ class AdaptedModules:
     @classmethod
     def from_peft(cls, peft_model: nn.Module, adapter_name: str = "default") -> AdaptedModules:
         """LoRA mode: the `lora_A`/`lora_B` matrices of each adapted module share one learning rate."""
-        from peft.tuners.lora import LoraLayer
         from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
 
         linears, groups = [], []
         for name, module in _base_model(peft_model).named_modules():

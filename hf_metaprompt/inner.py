@@ -56,9 +56,9 @@ def inner_update(
     `create_graph=True` keeps the update differentiable (second order) unless `first_order`, which treats the
     gradients as constants while still letting the outer loss reach the weights and the learning rates.
     """
-    fast_weights = modules.initial(input_ids.shape[0])
     first_losses = None
-    with torch.enable_grad():
+    with torch.enable_grad():  # also under `no_grad` (evaluation, absorbing): the inner step needs its gradient
+        fast_weights = modules.initial(input_ids.shape[0])
         for _ in range(steps):
             with use_fast_weights(fast_weights, math_attention=create_graph and not first_order):
                 losses = context_losses(model, input_ids, attention_mask)

@@ -79,7 +79,7 @@ class MetaDistillModel(nn.Module):
             torch.tensor(initial, dtype=torch.float32).log(), requires_grad=settings.learn_inner_lr
         )
 
-    # ----- inner learning rates -------------------------------------------------------------------------------------
+    # ----- inner learning rates
     def inner_lrs(self) -> torch.Tensor:
         """Learned inner LRs, clamped to their bounds (the clamp also stops a runaway rate)."""
         low, high = math.log(self.settings.min_inner_lr), math.log(self.settings.max_inner_lr)
@@ -88,7 +88,7 @@ class MetaDistillModel(nn.Module):
     def inner_lr_dict(self) -> dict[str, float]:
         return dict(zip(self.adapted.group_names, self.inner_lrs().tolist(), strict=True))
 
-    # ----- activation checkpointing -----------------------------------------------------------------------------------
+    # ----- activation checkpointing
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:
@@ -112,7 +112,7 @@ class MetaDistillModel(nn.Module):
 
     gradient_checkpointing_enable = activation_checkpointing_enable
 
-    # ----- forward ------------------------------------------------------------------------------------------------
+    # ----- forward
     def forward(
         self,
         context_input_ids: torch.Tensor,
@@ -168,7 +168,7 @@ class MetaDistillModel(nn.Module):
             num_targets=num_targets.detach(),
         )
 
-    # ----- teacher ------------------------------------------------------------------------------------------------
+    # ----- teacher
     @contextlib.contextmanager
     def teacher_mode(self):
         """The frozen prompted model: adapter disabled (or the separate teacher), eval mode, no gradients."""
@@ -218,7 +218,7 @@ class MetaDistillModel(nn.Module):
         (student_ids, labels), student_mask = right_align_many((student_ids, labels), student_full_mask)
         return teacher_ids, teacher_mask, student_ids, student_mask, labels
 
-    # ----- persistence ----------------------------------------------------------------------------------------------
+    # ----- persistence
     def current_settings(self) -> MetaPromptSettings:
         settings = MetaPromptSettings(**{**vars(self.settings), "inner_lrs": self.inner_lr_dict()})
         config = getattr(self.model, "config", None)

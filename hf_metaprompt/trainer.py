@@ -108,7 +108,7 @@ class MetaDistillTrainer(Trainer):
     def meta_model(self) -> MetaDistillModel:
         return self.accelerator.unwrap_model(self.model)
 
-    # ----- loss ----------------------------------------------------------------------------------------------------
+    # ----- loss
     def compute_loss(
         self,
         model: nn.Module,
@@ -164,7 +164,7 @@ class MetaDistillTrainer(Trainer):
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
-    # ----- optimizer ---------------------------------------------------------------------------------------------------
+    # ----- optimizer
     def create_optimizer(self, model: nn.Module | None = None):
         """The log inner LRs get their own group: no weight decay, `inner_lr_learning_rate`."""
         if self.optimizer is None and self.args.inner_lr_learning_rate is not None:
@@ -175,7 +175,7 @@ class MetaDistillTrainer(Trainer):
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if "log_inner_lrs" not in name]
 
-    # ----- saving & loading ------------------------------------------------------------------------------------------
+    # ----- saving & loading
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Adapter (PEFT format) + `metaprompt_config.json` + tokenizer + training args."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir

@@ -60,19 +60,35 @@ def tiny_model(arch: str = "llama", attn: str = "sdpa", dtype: torch.dtype = tor
     common = dict(vocab_size=300, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "llama":
         config = LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, **common,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
         )
         model = LlamaForCausalLM(config)
     elif arch == "qwen2":
         config = Qwen2Config(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, **common,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
         )
         model = Qwen2ForCausalLM(config)
     elif arch == "gpt2":
         config = GPT2Config(
-            n_embd=32, n_layer=2, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
             **common,
         )
         model = GPT2LMHeadModel(config)
@@ -83,10 +99,15 @@ def tiny_model(arch: str = "llama", attn: str = "sdpa", dtype: torch.dtype = tor
 
 
 EXAMPLES = [
-    {"context": "Alice Moreau is a baker from Lisbon. Bob Tanaka is a pilot from Oslo.",
-     "query": "Q: Who is the baker from Lisbon?\nA:", "answer": " Alice Moreau"},
-    {"context": "Carla Diaz is a nurse from Quito. Alice Moreau is a pilot from Oslo.",
-     "query": "Q: Who is Carla Diaz?\nA:", "answer": " a nurse from Quito"},
-    {"context": "Bob Tanaka is a nurse from Lisbon.",
-     "query": "Q: Who is Bob Tanaka?\nA:", "answer": " a nurse"},
+    {
+        "context": "Alice Moreau is a baker from Lisbon. Bob Tanaka is a pilot from Oslo.",
+        "query": "Q: Who is the baker from Lisbon?\nA:",
+        "answer": " Alice Moreau",
+    },
+    {
+        "context": "Carla Diaz is a nurse from Quito. Alice Moreau is a pilot from Oslo.",
+        "query": "Q: Who is Carla Diaz?\nA:",
+        "answer": " a nurse from Quito",
+    },
+    {"context": "Bob Tanaka is a nurse from Lisbon.", "query": "Q: Who is Bob Tanaka?\nA:", "answer": " a nurse"},
 ]

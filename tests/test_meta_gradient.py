@@ -70,7 +70,9 @@ def directional_fd(meta, batch, direction, eps=1e-5):
 @pytest.mark.parametrize(("steps", "inner_params"), [(1, "lora"), (2, "lora"), (1, "all")])
 def test_meta_gradient_matches_finite_differences(gpt2_tokenizer, steps, inner_params):
     # GPT-2 runs entirely in float64 (Llama's RMSNorm computes in float32, which caps finite differences at ~1e-3).
-    meta = build("gpt2", inner_steps=steps, inner_params=inner_params, inner_lr=0.3 if inner_params == "lora" else 0.05)
+    meta = build(
+        "gpt2", inner_steps=steps, inner_params=inner_params, inner_lr=0.3 if inner_params == "lora" else 0.05
+    )
     batch = batch_for(gpt2_tokenizer)
     grad = flat_grad(meta, batch)
     generator = torch.Generator().manual_seed(0)
@@ -128,7 +130,9 @@ def test_activation_checkpointing_keeps_meta_gradient(llama_tokenizer, inner_par
     # differ from the per-task weights), with functional_call-style substitution it silently gave wrong gradients.
     naive = build(inner_params=inner_params)
     naive.train()
-    getattr(naive.model, "get_base_model", lambda: naive.model)()._activation_checkpointing_enable({"use_reentrant": False})
+    getattr(naive.model, "get_base_model", lambda: naive.model)()._activation_checkpointing_enable(
+        {"use_reentrant": False}
+    )
     with pytest.raises(CheckpointError):
         flat_grad(naive, batch)
 
@@ -156,7 +160,7 @@ def test_architectures_and_attention(request, arch, attn):
 
 
 def test_kernel_without_double_backward_fails_clearly():
-    with pytest.raises(ValueError, match="no double backward.*attn_implementation='sdpa'"):
+    with pytest.raises(ValueError, match=r"no double backward.*attn_implementation='sdpa'"):
         build(attn="flash_attention_2")
     # First order never differentiates the inner forward twice, so any kernel is fine.
     build(attn="flash_attention_2", first_order=True)

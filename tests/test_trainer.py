@@ -1,0 +1,201 @@
+"""MetaDistillTrainer end to end on a toy task: learning, saving, reloading, resuming, accumulation, guards."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import tiny_model
+from datasets import Dataset
+from peft import PeftModel
+
+from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer
+from hf_metaprompt.modeling import MetaDistillModel
+
+NAMES = ["Alice Moreau", "Bob Tanaka", "Carla Diaz"]
+JOBS = ["baker", "pilot", "nurse"]
+CITIES = ["Lisbon", "Oslo", "Quito"]
+
+
+def toy_dataset(n: int, seed: int) -> Dataset:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        name, job, city = rng.choice(NAMES), rng.choice(JOBS), rng.choice(CITIES)
+        rows.append(
+            {
+                "context": f"{name} is a {job} from {city}.",
+                "query": f"Q: Who is {name}?\nA:",
+                "answer": f" a {job} from {city}",
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def config(tmp_path, **overrides) -> MetaDistillConfig:
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        inner_lr=0.5,
+        max_steps=6,
+        lora_r=4,
+        lora_alpha=8,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    options.update(overrides)
+    return MetaDistillConfig(**options)
+
+
+def peaky_model(seed: int = 0):
+    """Random init with large weights, so predictions depend on the context (a uniform model has nothing to learn)."""
+    model = tiny_model("llama", seed=seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(8.0)
+    return model
+
+
+def make_trainer(tmp_path, tokenizer, **overrides) -> MetaDistillTrainer:
+    return MetaDistillTrainer(
+        model=peaky_model(),
+        args=config(tmp_path, **overrides),
+        train_dataset=toy_dataset(32, seed=0),
+        eval_dataset=toy_dataset(8, seed=1),
+        processing_class=tokenizer,
+    )
+
+
+def adapter_state(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.meta_model.named_parameters() if p.requires_grad}
+
+
+def test_training_lowers_distillation_loss(tmp_path, llama_tokenizer):
+    trainer = make_trainer(tmp_path, llama_tokenizer, max_steps=25)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    assert after < 0.7 * before, (before, after)
+    logged = [entry for entry in trainer.state.log_history if "distill_loss" in entry]
+    assert {"inner_loss", "teacher_agreement", "inner_lr", "skipped_batches"} <= set(logged[0])
+    assert logged[0]["skipped_batches"] == 0
+
+
+def test_save_and_reload_reproduce_outputs(tmp_path, llama_tokenizer):
+    trainer = make_trainer(tmp_path, llama_tokenizer)
+    trainer.train()
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metaprompt_config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metaprompt_config.json").read_text())
+    assert saved["inner_lrs"] == pytest.approx(trainer.meta_model.inner_lr_dict())
+    assert saved["inner_lrs"] != pytest.approx({k: 0.5 for k in saved["inner_lrs"]})  # they were learned
+
+    reloaded = MetaDistillTrainer(
+        model=PeftModel.from_pretrained(peaky_model(), str(out), is_trainable=True),
+        args=config(tmp_path),
+        eval_dataset=toy_dataset(8, seed=1),
+        processing_class=llama_tokenizer,
+    )
+    reloaded.meta_model.load_meta_state(out)
+    assert reloaded.evaluate()["eval_loss"] == pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-6)
+
+
+def test_resume_continues_with_learned_inner_lrs(tmp_path, llama_tokenizer):
+    full = make_trainer(tmp_path / "full", llama_tokenizer, max_steps=6)
+    full.train()
+
+    first = make_trainer(tmp_path / "resumed", llama_tokenizer, max_steps=6, save_strategy="steps", save_steps=3)
+    first.train()
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoint-3"
+    saved_lrs = json.loads((checkpoint / "metaprompt_config.json").read_text())["inner_lrs"]
+
+    resumed = make_trainer(tmp_path / "resumed", llama_tokenizer, max_steps=6)
+    resumed._load_from_checkpoint(str(checkpoint))
+    assert resumed.meta_model.inner_lr_dict() == pytest.approx(saved_lrs, rel=1e-6)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    final, reference = adapter_state(resumed), adapter_state(full)
+    for name in reference:
+        torch.testing.assert_close(final[name], reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_normalises_by_target_tokens(tmp_path, llama_tokenizer):
+    common = dict(max_steps=1, optim="sgd", max_grad_norm=0.0, learning_rate=0.1, lr_scheduler_type="constant")
+    one = make_trainer(tmp_path / "a", llama_tokenizer, per_device_train_batch_size=4, **common)
+    one.train()
+    accumulated = make_trainer(
+        tmp_path / "b", llama_tokenizer, per_device_train_batch_size=2, gradient_accumulation_steps=2, **common
+    )
+    accumulated.train()
+    a, b = adapter_state(one), adapter_state(accumulated)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
+
+
+def test_non_finite_step_is_skipped(tmp_path, llama_tokenizer, monkeypatch):
+    original = MetaDistillModel.forward
+
+    def poisoned(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(MetaDistillModel, "forward", poisoned)
+    trainer = make_trainer(tmp_path, llama_tokenizer, max_steps=1)
+    before = adapter_state(trainer)
+    trainer.train()
+    after = adapter_state(trainer)
+    for name in before:
+        assert torch.isfinite(after[name]).all()
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    assert any(entry.get("skipped_batches") == 1 for entry in trainer.state.log_history)
+
+
+def test_label_free_training_runs(tmp_path, llama_tokenizer):
+    dataset = toy_dataset(8, seed=0).remove_columns("answer")
+    trainer = MetaDistillTrainer(
+        model=peaky_model(),
+        args=config(tmp_path, max_steps=2, max_answer_length=5),
+        train_dataset=dataset,
+        processing_class=llama_tokenizer,
+    )
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in adapter_state(trainer).values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"inner_lr": -1.0}, "`inner_lr` must be a positive number"),
+        ({"inner_steps": 0}, "`inner_steps` must be a positive number"),
+        ({"inner_params": "bias"}, "`inner_params` must be one of 'lora', 'all'"),
+        ({"distill_loss": "mse"}, "`distill_loss` must be one of"),
+        ({"distill_on": "context"}, "`distill_on` must be one of"),
+        ({"context_truncation": "right"}, "`context_truncation` must be one of"),
+        ({"min_inner_lr": 1.0}, "min_inner_lr <= inner_lr <= max_inner_lr"),
+        ({"jsd_beta": 1.0}, "`jsd_beta` must be in"),
+        ({"remove_unused_columns": True}, "remove_unused_columns"),
+        ({"query_field": "context"}, "three different columns"),
+    ],
+)
+def test_config_validation(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **overrides)
+
+
+def test_zero3_is_refused(tmp_path, llama_tokenizer):
+    args = config(tmp_path)
+    args.deepspeed = {"zero_optimization": {"stage": 3}}
+    with pytest.raises(ValueError, match="ZeRO-3 is not supported"):
+        MetaDistillTrainer(model=peaky_model(), args=args, processing_class=llama_tokenizer)
