@@ -9,7 +9,7 @@ import os
 
 import datasets
 
-from .text import DataFiles, load_split, require_columns
+from .common import DataFiles, load_split, require_columns
 
 logger = logging.getLogger(__name__)
 
