@@ -3,6 +3,7 @@
 from .collator import PromptTargetCollator
 from .config import MetaDistillConfig
 from .fast_weights import FastWeights, use_fast_weights
+from .model import MetaPromptModel
 from .modeling import MetaDistillModel
 from .settings import MetaPromptSettings
 from .trainer import MetaDistillTrainer
@@ -14,6 +15,7 @@ __all__ = [
     "MetaDistillConfig",
     "MetaDistillModel",
     "MetaDistillTrainer",
+    "MetaPromptModel",
     "MetaPromptSettings",
     "PromptTargetCollator",
     "use_fast_weights",

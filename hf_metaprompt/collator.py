@@ -66,7 +66,7 @@ class PromptTargetCollator:
             raise ValueError(f"`context_truncation` must be 'left' or 'error', got {self.context_truncation!r}.")
         if self.distill_on not in ("answer", "query_and_answer"):
             raise ValueError(f"`distill_on` must be 'answer' or 'query_and_answer', got {self.distill_on!r}.")
-        self.pad_token_id = _pad_token_id(self.tokenizer)
+        self.pad_token_id = pad_token_id(self.tokenizer)
         self.special_prefix = special_prefix_ids(self.tokenizer)
         self.separator_ids = self._encode([self.context_separator])[0] if self.context_separator else []
 
@@ -181,15 +181,19 @@ class PromptTargetCollator:
         return labels
 
     def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        value = self.pad_token_id if value is None else value
-        width = max(len(row) for row in rows)
-        ids = torch.full((len(rows), width), value, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return ids, mask
+        return pad_rows(rows, self.pad_token_id if value is None else value, left=left)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows → `(ids, attention_mask)`; `left=True` right-aligns the rows (padding in front)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def special_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -203,7 +207,8 @@ def special_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
-def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the pad token, else EOS, else UNK (padding is always masked out)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
         if candidate is not None:
             return candidate

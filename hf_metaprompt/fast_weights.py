@@ -13,7 +13,7 @@ recompute, exactly the fast weights and attention kernel that were active when t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,12 +84,12 @@ class AdaptedModules:
         return cls(linears, groups)
 
     @classmethod
-    def from_linear_layers(cls, model: nn.Module) -> AdaptedModules:
-        """Full mode: every linear layer of the model except the output head, one learning rate each."""
+    def from_linear_layers(cls, model: nn.Module, skip: Callable[[str], bool] = lambda name: False) -> AdaptedModules:
+        """Full mode: every linear layer of the model except the output head (and `skip`ped names), one rate each."""
         output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         linears, groups = [], []
         for name, module in model.named_modules():
-            if isinstance(module, (nn.Linear, Conv1D)) and module is not output_head:
+            if isinstance(module, (nn.Linear, Conv1D)) and module is not output_head and not skip(name):
                 linears.append(AdaptedLinear(name, module, len(groups)))
                 groups.append(name)
         return cls(linears, groups)
@@ -103,7 +103,9 @@ class AdaptedModules:
 
     def initial(self, num_tasks: int) -> FastWeights:
         """The shared weights viewed as `num_tasks` copies; gradients w.r.t. them are per-task."""
-        return FastWeights(self, [p.unsqueeze(0).expand(num_tasks, *p.shape) for p in self.parameters()])
+        views = [p.unsqueeze(0).expand(num_tasks, *p.shape) for p in self.parameters()]
+        # Frozen weights (plain fine-tuning of a base model) still need gradients w.r.t. their per-task copies.
+        return FastWeights(self, [v if v.requires_grad else v.detach().requires_grad_() for v in views])
 
     def __contains__(self, module: nn.Module) -> bool:
         return id(module) in self._index
@@ -136,11 +138,19 @@ class FastWeights:
     def detach(self) -> FastWeights:
         return FastWeights(self.modules, [t.detach() for t in self.tensors])
 
+    def requires_grad_(self) -> FastWeights:
+        """Detached leaves that track gradients: the starting point of a further (non-meta) inner step."""
+        return FastWeights(self.modules, [t.detach().requires_grad_() for t in self.tensors])
+
     def select(self, index: torch.Tensor | slice | int) -> FastWeights:
         """The fast weights of some tasks (keeps the task dimension)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return FastWeights(self.modules, [t[index] for t in self.tensors])
+
+    def concat(self, other: FastWeights) -> FastWeights:
+        """The tasks of `self` followed by those of `other`."""
+        return FastWeights(self.modules, [torch.cat([a, b]) for a, b in zip(self.tensors, other.tensors, strict=True)])
 
     def _weights_of(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         offset = self._offsets[id(module)]

@@ -21,7 +21,6 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-
 logger = logging.getLogger(__name__)
 
 MODEL_CARD_TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
@@ -107,19 +106,20 @@ def eval_rows_to_eval_results(
 
 
 def _format_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
+    """A settings value for a markdown table cell (escapes newlines and pipes, e.g. `context_separator="\\n"`)."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value).encode("unicode_escape").decode("ascii").replace("|", "\\|")
 
 
 def _format_metric(value: float | None, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _inner_rows(inner_settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-    scalars = {k: v for k, v in inner_settings.items() if k not in ("base_model", "inner_lrs") and not isinstance(v, dict)}
+    scalars = {
+        k: v for k, v in inner_settings.items() if k not in ("base_model", "inner_lrs") and not isinstance(v, dict)
+    }
     ordered = [k for k in _INNER_KEYS_FIRST if k in scalars] + [k for k in scalars if k not in _INNER_KEYS_FIRST]
     return [(key, _format_value(scalars[key])) for key in ordered]
 
@@ -176,7 +176,9 @@ def build_model_card(
     if library_name not in LIBRARY_NAMES:
         raise ValueError(f"`library_name` must be one of {LIBRARY_NAMES}, got {library_name!r}.")
     if not isinstance(inner_settings, Mapping):
-        raise ValueError(f"`inner_settings` must be a dict of inner-loop settings, got {type(inner_settings).__name__}.")
+        raise ValueError(
+            f"`inner_settings` must be a dict of inner-loop settings, got {type(inner_settings).__name__}."
+        )
     dataset_list = [_check_repo_id(d, "datasets") for d in datasets or []]
     rows = _check_rows(eval_results)
 
@@ -207,7 +209,7 @@ def build_model_card(
         {
             "task": row["task"],
             "condition": row["condition"],
-            "direction": row.get("direction") or "–",
+            "direction": row.get("direction") or "n/a",
             "exact_match": _format_metric(_number(row, "exact_match"), 3),
             "f1": _format_metric(_number(row, "f1"), 3),
             "answer_logprob": _format_metric(_number(row, "answer_logprob"), 2),

@@ -50,15 +50,17 @@ def inner_update(
     steps: int = 1,
     create_graph: bool = True,
     first_order: bool = False,
+    start: FastWeights | None = None,
 ) -> tuple[FastWeights, torch.Tensor]:
     """Take `steps` SGD steps on each task's context; returns the per-task fast weights and first-step losses.
 
     `create_graph=True` keeps the update differentiable (second order) unless `first_order`, which treats the
-    gradients as constants while still letting the outer loss reach the weights and the learning rates.
+    gradients as constants while still letting the outer loss reach the weights and the learning rates. `start`
+    continues from earlier fast weights (absorbing several texts one after another) instead of the shared weights.
     """
     first_losses = None
     with torch.enable_grad():  # also under `no_grad` (evaluation, absorbing): the inner step needs its gradient
-        fast_weights = modules.initial(input_ids.shape[0])
+        fast_weights = modules.initial(input_ids.shape[0]) if start is None else start.requires_grad_()
         for _ in range(steps):
             with use_fast_weights(fast_weights, math_attention=create_graph and not first_order):
                 losses = context_losses(model, input_ids, attention_mask)

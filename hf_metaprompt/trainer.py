@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalPrediction
 
-from .collator import PromptTargetCollator
+from .collator import PromptTargetCollator, pad_token_id
 from .config import MetaDistillConfig
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
@@ -86,7 +86,7 @@ class MetaDistillTrainer(Trainer):
             model,
             args.to_settings(),
             teacher=teacher,
-            pad_token_id=_pad_id(processing_class),
+            pad_token_id=pad_token_id(processing_class),
             eos_token_id=processing_class.eos_token_id,
         )
         if data_collator is None:
@@ -268,10 +268,6 @@ def _deepspeed_stage(args: MetaDistillConfig) -> int | None:
         with open(config) as handle:
             config = json.load(handle)
     return (config or {}).get("zero_optimization", {}).get("stage")
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _with_inner_lr_group(trainer: MetaDistillTrainer, model: nn.Module | None) -> torch.optim.Optimizer:

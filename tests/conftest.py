@@ -17,6 +17,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+# The offline Hub server fixture (`hub_server`).
+pytest_plugins = ["hub_server"]
+
 CORPUS = [
     "Alice Moreau is a baker from Lisbon. Bob Tanaka is a pilot from Oslo. Carla Diaz is a nurse from Quito.",
     "Q: Who is the baker from Lisbon?\nA: Alice Moreau",

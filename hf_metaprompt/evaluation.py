@@ -1,0 +1,354 @@
+"""Measure what one gradient step buys, beside the baselines that give it meaning.
+
+Conditions (for each task: a context, a query, a gold answer):
+- `no_context`: the base model asked without the context (the floor);
+- `prompted`: the base model with context + query (the ceiling: the teacher);
+- `plain_ft_1step` / `plain_ft_5step`: the base model after 1 / 5 SGD steps of next-token loss on the context, over
+  every linear layer, learning rate swept on validation data;
+- `meta_no_step`: the meta-trained model asked without the context and without an update (must stay at the floor,
+  or the adapter leaked answers);
+- `meta_1step`: the meta-trained model after its inner step(s) on the context (the method).
+
+Every task gets its own update, computed for the whole batch in one pass (fast weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from .collator import PromptTargetCollator
+from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
+from .inner import inner_update
+from .metrics import exact_match, token_f1
+from .modeling import IGNORE_INDEX, MetaDistillModel, causal_logits, target_window
+
+logger = logging.getLogger(__name__)
+
+CONDITIONS = ("no_context", "prompted", "plain_ft_1step", "plain_ft_5step", "meta_no_step", "meta_1step")
+PLAIN_FT_STEPS = {"plain_ft_1step": 1, "plain_ft_5step": 5}
+DEFAULT_PLAIN_FT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+RESULTS_NAME = "eval_results.json"
+PLOT_NAME = "eval_results.png"
+
+
+@dataclass
+class _TaskScores:
+    prediction: str
+    exact_match: float
+    f1: float
+    answer_logprob: float
+
+
+class ConditionEvaluator:
+    """Evaluates a `MetaDistillModel` (and its base) under every condition on any task set.
+
+    Args:
+        meta: the meta-trained model; its base is the model with the adapter disabled (or its frozen teacher).
+        tokenizer: the model's tokenizer.
+        batch_size: tasks per batched pass.
+        contexts_per_update: absorb this many tasks' contexts one after another into one state before asking their
+            questions (1 = each task alone), for the meta and plain fine-tuning conditions.
+        max_new_tokens: generation budget; defaults to the checkpoint's `max_answer_length`.
+    """
+
+    def __init__(
+        self,
+        meta: MetaDistillModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 32,
+        contexts_per_update: int = 1,
+        max_new_tokens: int | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        if contexts_per_update < 1:
+            raise ValueError(f"`contexts_per_update` must be >= 1, got {contexts_per_update}.")
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.contexts_per_update = contexts_per_update
+        settings = meta.settings
+        self.max_new_tokens = max_new_tokens or settings.max_answer_length
+        self.collator = PromptTargetCollator(
+            tokenizer,
+            max_context_length=settings.max_context_length,
+            max_query_length=settings.max_query_length,
+            max_answer_length=max(settings.max_answer_length, 256),
+            context_separator=settings.context_separator,
+        )
+        self.show_progress = show_progress
+        base = meta.teacher if meta.teacher is not None else meta.model.get_base_model()
+        # Plain fine-tuning adapts the base's own linear layers (never the adapter's, which is off for the base).
+        self.base_linears = AdaptedModules.from_linear_layers(base, skip=lambda name: ".lora_" in name)
+
+    # ----- public API
+    def evaluate(
+        self,
+        dataset: Dataset,
+        task: str,
+        conditions: Sequence[str] = CONDITIONS,
+        plain_ft_lrs: dict[str, float] | None = None,
+    ) -> list[dict]:
+        """One row per (condition, direction): exact match, token F1, mean answer log-likelihood, n."""
+        unknown = set(conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"Unknown conditions {sorted(unknown)}; choose from {CONDITIONS}.")
+        missing = [c for c in conditions if c in PLAIN_FT_STEPS and c not in (plain_ft_lrs or {})]
+        if missing:
+            raise ValueError(f"Conditions {missing} need a learning rate in `plain_ft_lrs` (see `sweep_plain_ft_lr`).")
+        examples = _as_examples(dataset)
+        self.meta.eval()
+        rows = []
+        for condition in conditions:
+            lr = (plain_ft_lrs or {}).get(condition)
+            scores = self._score(examples, condition, lr, desc=f"{task}: {condition}")
+            rows.extend(_aggregate(task, condition, examples, scores))
+        return rows
+
+    def sweep_plain_ft_lr(
+        self, dataset: Dataset, steps: int, lrs: Iterable[float] = DEFAULT_PLAIN_FT_LRS
+    ) -> tuple[float, dict[float, float]]:
+        """Best plain fine-tuning LR on `dataset` by mean answer log-likelihood (smooth, no generation needed)."""
+        examples = _as_examples(dataset)
+        self.meta.eval()
+        condition = "plain_ft_1step" if steps == 1 else "plain_ft_5step"
+        results = {}
+        for lr in lrs:
+            scores = self._score(examples, condition, lr, desc=f"sweep lr={lr:g}", generate=False)
+            logprobs = [s.answer_logprob for s in scores]
+            results[lr] = sum(logprobs) / len(logprobs) if all(map(math.isfinite, logprobs)) else -math.inf
+        best = max(results, key=results.get)
+        logger.info("Plain fine-tuning, %d step(s): best lr %g (mean answer logprob %.3f)", steps, best, results[best])
+        return best, results
+
+    # ----- one condition
+    def _score(
+        self, examples: list[dict], condition: str, lr: float | None, desc: str, generate: bool = True
+    ) -> list[_TaskScores]:
+        group = self.contexts_per_update if condition not in ("no_context", "prompted", "meta_no_step") else 1
+        chunk = self.batch_size * group
+        scores: list[_TaskScores] = []
+        progress = tqdm(total=len(examples), desc=desc, disable=not self.show_progress, leave=False)
+        for start in range(0, len(examples), chunk):
+            batch = examples[start : start + chunk]
+            scores.extend(self._score_batch(batch, condition, lr, group, generate))
+            progress.update(len(batch))
+        progress.close()
+        return scores
+
+    @torch.no_grad()
+    def _score_batch(
+        self, batch: list[dict], condition: str, lr: float | None, group: int, generate: bool
+    ) -> list[_TaskScores]:
+        device = self.meta.log_inner_lrs.device
+        labelled = {k: v.to(device) for k, v in self.collator(batch).items()}
+        prompts = {k: v.to(device) for k, v in self.collator([_without_answer(e) for e in batch]).items()}
+        view = "teacher" if condition == "prompted" else "student"
+        with self._condition_model(condition, labelled, lr, group) as model:
+            logprobs = _answer_logprobs(
+                model, labelled[f"{view}_input_ids"], labelled[f"{view}_attention_mask"], labelled["labels"]
+            )
+            predictions = (
+                self._generate(model, prompts[f"{view}_input_ids"], prompts[f"{view}_attention_mask"])
+                if generate
+                else [""] * len(batch)
+            )
+        scored = []
+        for example, prediction, logprob in zip(batch, predictions, logprobs.tolist(), strict=True):
+            references = example.get("answers") or [example["answer"]]
+            scored.append(
+                _TaskScores(prediction, exact_match(prediction, references), token_f1(prediction, references), logprob)
+            )
+        return scored
+
+    @contextlib.contextmanager
+    def _condition_model(self, condition: str, batch: dict, lr: float | None, group: int) -> Iterator[nn.Module]:
+        """The model of a condition: the base (adapter off), the meta-trained model, either with fast weights."""
+        meta = self.meta
+        if condition in ("no_context", "prompted"):
+            with meta.teacher_mode() as base:
+                yield base
+            return
+        if condition == "meta_no_step":
+            yield meta.model
+            return
+        ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
+        if condition == "meta_1step":
+            fast = self._absorb(
+                meta.model, meta.adapted, meta.inner_lrs(), ids, mask, meta.settings.inner_steps, group
+            )
+            with use_fast_weights(fast):
+                yield meta.model
+            return
+        lrs = torch.full((len(self.base_linears.group_names),), float(lr), device=ids.device)
+        with meta.teacher_mode() as base:
+            fast = self._absorb(base, self.base_linears, lrs, ids, mask, PLAIN_FT_STEPS[condition], group)
+            with use_fast_weights(fast):
+                yield base
+
+    def _absorb(self, model, modules, lrs, ids, mask, steps, group) -> FastWeights:
+        """Per-task updates; with `group > 1`, each run of `group` tasks shares one state absorbed in sequence."""
+        if group == 1:
+            return inner_update(model, modules, lrs, ids, mask, steps=steps, create_graph=False)[0]
+        n = ids.shape[0]
+        fast = None
+        for position in range(group):
+            # Row `position` of every chunk; only the last chunk can be shorter, so present chunks come first.
+            rows = torch.arange(position, n, group, device=ids.device)
+            present = rows.numel()
+            start = None if fast is None else fast.select(slice(0, present))
+            updated, _ = inner_update(
+                model, modules, lrs, ids[rows], mask[rows], steps=steps, create_graph=False, start=start
+            )
+            fast = (
+                updated
+                if fast is None or present == fast.num_tasks
+                else updated.concat(fast.select(slice(present, None)))
+            )
+        return fast.select(torch.arange(n, device=ids.device) // group)
+
+    def _generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.collator.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+        # An answer ends at the end of its line (models keep writing the next question).
+        return [text.split("\n")[0].strip() for text in texts]
+
+
+def _answer_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean log-likelihood of each row's answer tokens (right-aligned), teacher-forced."""
+    keep = target_window(labels)
+    logits = causal_logits(model, input_ids, attention_mask, keep)
+    targets = labels[:, -keep + 1 :]
+    valid = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def _as_examples(dataset: Dataset | Sequence[dict]) -> list[dict]:
+    examples = [dict(e) for e in dataset]
+    for example in examples:
+        if not example.get("answer") and example.get("reference"):
+            # Label-free tasks (plain text) are scored against the true continuation.
+            example["answer"] = example["reference"]
+        if not example.get("answer"):
+            raise ValueError("Evaluation needs a gold `answer` (or a `reference`) for every task.")
+    return examples
+
+
+def _without_answer(example: dict) -> dict:
+    return {"context": example["context"], "query": example["query"]}
+
+
+def _aggregate(task: str, condition: str, examples: list[dict], scores: list[_TaskScores]) -> list[dict]:
+    by_direction: dict[str, list[_TaskScores]] = {}
+    for example, score in zip(examples, scores, strict=True):
+        by_direction.setdefault(example.get("direction") or "all", []).append(score)
+    rows = []
+    for direction in sorted(by_direction):
+        group = by_direction[direction]
+        n = len(group)
+        rows.append(
+            {
+                "task": task,
+                "direction": direction,
+                "condition": condition,
+                "exact_match": sum(s.exact_match for s in group) / n,
+                "f1": sum(s.f1 for s in group) / n,
+                "answer_logprob": sum(s.answer_logprob for s in group) / n,
+                "n": n,
+            }
+        )
+    return rows
+
+
+def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[str, str], float | None]:
+    """Share of the prompted gap the method closes: `(meta_1step - plain_ft_1step) / (prompted - plain_ft_1step)`."""
+    table = {(r["task"], r["direction"], r["condition"]): r[metric] for r in rows}
+    result = {}
+    for task, direction in sorted({(r["task"], r["direction"]) for r in rows}):
+        try:
+            ours, plain, prompted = (table[(task, direction, c)] for c in ("meta_1step", "plain_ft_1step", "prompted"))
+        except KeyError:
+            continue
+        result[(task, direction)] = (ours - plain) / (prompted - plain) if prompted != plain else None
+    return result
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A Markdown table of the rows, then the gap closed per task and direction."""
+    lines = [
+        "| task | direction | condition | exact match | F1 | answer log-lik. | n |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['direction']} | {r['condition']} | {r['exact_match']:.3f} | {r['f1']:.3f} | "
+            f"{r['answer_logprob']:.3f} | {r['n']} |"
+        )
+    for (task, direction), share in gap_closed(rows).items():
+        shown = "n/a (prompted = plain FT)" if share is None else f"{share:.2f}"
+        lines.append(f"\nGap closed ({task}, {direction}): {shown}")
+    return "\n".join(lines)
+
+
+def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
+    """Write `eval_results.json` and a bar chart of exact match per condition (`eval_results.png`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / RESULTS_NAME
+    json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
+
+    groups = sorted({(r["task"], r["direction"]) for r in rows})
+    conditions = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(conditions) * len(groups) ** 0.5), 4))
+    width = 0.8 / max(len(groups), 1)
+    for index, (task, direction) in enumerate(groups):
+        values = [
+            next(
+                (
+                    r["exact_match"]
+                    for r in rows
+                    if (r["task"], r["direction"], r["condition"]) == (task, direction, c)
+                ),
+                0,
+            )
+            for c in conditions
+        ]
+        positions = [i + (index - (len(groups) - 1) / 2) * width for i in range(len(conditions))]
+        axis.bar(positions, values, width, label=f"{task} / {direction}")
+    axis.set_xticks(range(len(conditions)), conditions, rotation=20)
+    axis.set_ylabel("exact match")
+    axis.set_ylim(0, 1.05)
+    axis.set_title(title or "One gradient step vs prompting")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    plot_path = output_dir / PLOT_NAME
+    figure.savefig(plot_path, dpi=120)
+    plt.close(figure)
+    return json_path, plot_path

@@ -1,0 +1,244 @@
+"""`MetaPromptModel`: load a meta-trained checkpoint, absorb a text with its inner step, ask without the text."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import snapshot_download
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .assets import TINY_BASE_ID, tiny_base_path
+from .collator import pad_rows, pad_token_id, special_prefix_ids
+from .fast_weights import FastWeights, use_fast_weights
+from .inner import inner_update
+from .modeling import MetaDistillModel
+from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+class MetaPromptModel(nn.Module):
+    """A meta-trained model that learns a text from one gradient step.
+
+    ```python
+    model = MetaPromptModel.from_pretrained("user/llama-metaprompt")
+    model.absorb("Alice Moreau is a baker from Lisbon.")
+    model.ask("Q: Who is the baker from Lisbon?\\nA:")
+    ```
+
+    `absorb` keeps the updated weights as *fast weights* beside the meta-trained ones, which are never modified:
+    `reset()` returns to the meta-trained state exactly.
+    """
+
+    def __init__(self, meta: MetaDistillModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.fast_weights: FastWeights | None = None
+        self.meta.requires_grad_(False)
+        self.meta.eval()
+
+    # ----- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | os.PathLike,
+        *,
+        base_model: str | os.PathLike | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+    ) -> MetaPromptModel:
+        """Load base model + meta-trained adapter + `metaprompt_config.json` + tokenizer (safetensors only).
+
+        `repo_id_or_path` is a Hub repo id or a directory written by `MetaDistillTrainer`/`run_meta.py`/
+        `save_pretrained`. `base_model` overrides the base recorded in the checkpoint.
+        """
+        directory = _resolve(repo_id_or_path, revision=revision, token=token)
+        settings = MetaPromptSettings.load(directory)
+        load_kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        if settings.inner_params == "lora":
+            from peft import PeftModel
+
+            base_id = base_model or settings.base_model or _adapter_base(directory)
+            if not base_id:
+                raise ValueError(f"{directory} does not say which base model it adapts; pass `base_model=`.")
+            base = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
+            model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+            teacher = None
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(directory), **load_kwargs)
+            # The teacher is only needed to meta-train further; using the model needs none.
+            teacher = model
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+        meta = MetaDistillModel(
+            model, settings, teacher=teacher, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id
+        )
+        loaded = cls(meta, tokenizer)
+        return loaded.to(device) if device is not None else loaded
+
+    # ----- absorbing
+    @property
+    def settings(self) -> MetaPromptSettings:
+        return self.meta.settings
+
+    @property
+    def device(self) -> torch.device:
+        return self.meta.log_inner_lrs.device
+
+    def absorb(self, texts: str | Sequence[str], *, per_row: bool = False) -> MetaPromptModel:
+        """Learn `texts` with the meta-trained inner step(s).
+
+        - one text, or several with `per_row=False`: absorbed one after another into a single state that answers
+          every later query (continuing from what was absorbed before, until `reset()`);
+        - several texts with `per_row=True`: one independent state per text, computed in one batched pass; row `i`
+          of every later batch then uses text `i` (one update per user or session).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError("`absorb` takes a non-empty text or a list of non-empty texts.")
+        if per_row:
+            self.fast_weights = self._inner_step(texts, start=None)
+            return self
+        for text in texts:
+            self.fast_weights = self._inner_step([text], start=self.fast_weights)
+        return self
+
+    def reset(self) -> MetaPromptModel:
+        """Forget everything absorbed: back to the meta-trained weights, bit for bit."""
+        self.fast_weights = None
+        return self
+
+    def _inner_step(self, texts: list[str], start: FastWeights | None) -> FastWeights:
+        if start is not None and start.num_tasks != len(texts):
+            raise ValueError(
+                f"{start.num_tasks} per-row states are absorbed; absorb {start.num_tasks} texts, or reset() first."
+            )
+        ids, mask = self._encode_contexts(texts)
+        fast_weights, _ = inner_update(
+            self.meta.model,
+            self.meta.adapted,
+            self.meta.inner_lrs().detach(),
+            ids,
+            mask,
+            steps=self.settings.inner_steps,
+            create_graph=False,
+            start=start,
+        )
+        return fast_weights
+
+    def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = special_prefix_ids(self.tokenizer)
+        rows = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > self.settings.max_context_length:
+                logger.warning(
+                    "Text of %d tokens truncated from the left to max_context_length=%d.",
+                    len(ids),
+                    self.settings.max_context_length,
+                )
+                ids = ids[-self.settings.max_context_length :]
+            rows.append(prefix + ids)
+        input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=False)
+        return input_ids.to(self.device), mask.to(self.device)
+
+    # ----- using
+    def forward(self, *args, **kwargs):
+        """The wrapped model's forward, with whatever was absorbed."""
+        with use_fast_weights(self.fast_weights):
+            return self.meta.model(*args, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs) -> torch.Tensor:
+        """The wrapped model's `generate`, with whatever was absorbed."""
+        kwargs.setdefault("pad_token_id", pad_token_id(self.tokenizer))
+        with use_fast_weights(self.fast_weights):
+            return self.meta.model.generate(*args, **kwargs)
+
+    def ask(self, queries: str | Sequence[str], max_new_tokens: int | None = None) -> str | list[str]:
+        """Greedy answer(s) to `queries`, given only what was absorbed (the texts are not in the prompt)."""
+        single = isinstance(queries, str)
+        queries = [queries] if single else list(queries)
+        prefix = special_prefix_ids(self.tokenizer)
+        rows = [prefix + self.tokenizer(q, add_special_tokens=False)["input_ids"] for q in queries]
+        input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=True)
+        width = input_ids.shape[1]
+        output = self.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=max_new_tokens or self.settings.max_answer_length,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        answers = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        return answers[0] if single else answers
+
+    # ----- saving
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """The meta-trained state (never the absorbed texts): adapter, `metaprompt_config.json`, tokenizer."""
+        self.meta.save_pretrained(save_directory)
+        self.tokenizer.save_pretrained(save_directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload meta-trained checkpoint",
+        model_card: Any | None = None,
+    ) -> str:
+        """Save to a temporary folder and upload it in one commit; returns the commit URL."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            if model_card is not None:
+                model_card.save(Path(folder) / "README.md")
+            info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        return str(info)
+
+
+def _resolve(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> Path:
+    path = Path(repo_id_or_path)
+    if path.is_dir():
+        return path
+    return Path(
+        snapshot_download(
+            str(repo_id_or_path),
+            revision=revision,
+            token=token,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md", "*.jinja"],
+        )
+    )
+
+
+def _adapter_base(directory: Path) -> str | None:
+    import json
+
+    config = directory / ADAPTER_CONFIG_NAME
+    return json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+
+
+def _base_location(base_id: str | os.PathLike) -> str:
+    """The shipped tiny base has no Hub repo: its id maps to the package's copy."""
+    return str(tiny_base_path()) if str(base_id) == TINY_BASE_ID else str(base_id)
+
+
+__all__ = ["METAPROMPT_CONFIG_NAME", "MetaPromptModel"]

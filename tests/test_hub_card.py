@@ -1,0 +1,173 @@
+"""The model card of a meta-trained checkpoint: renders, parses back, validates, and its code runs through `ast`."""
+
+import ast
+import math
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+from hf_metaprompt.hub import MODEL_CARD_TEMPLATE_PATH, build_model_card, write_model_card
+from hf_metaprompt.settings import MetaPromptSettings
+
+pytest_plugins = ["hub_server"]  # the `hub_server` fixture, also when tests/conftest.py does not load it
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "test-user/tiny-meta"
+BASE_MODEL = "test-user/tiny-llama"
+ROWS = [
+    {"task": "tiny_world", "condition": "base, no context", "direction": "forward", "exact_match": 0.05, "f1": 0.12,
+     "answer_logprob": -5.1, "n": 200},
+    {"task": "tiny_world", "condition": "base, prompted", "direction": "forward", "exact_match": 0.9, "f1": 0.93,
+     "answer_logprob": -0.3, "n": 200},
+    {"task": "tiny_world", "condition": "meta-trained + inner step", "direction": "forward", "exact_match": 0.7,
+     "f1": 0.75, "answer_logprob": -0.9, "n": 200},
+    {"task": "tiny_world", "condition": "meta-trained + inner step", "direction": "reverse", "exact_match": 0.35,
+     "f1": float("nan"), "answer_logprob": -2.0, "n": 200},
+    {"task": "reversal_curse", "condition": "meta-trained + inner step", "direction": "reverse",
+     "exact_match": np.float32(0.25), "f1": 0.5, "answer_logprob": None, "n": 30},
+]  # fmt: skip
+INNER_SETTINGS = {
+    "inner_params": "lora",
+    "inner_lr": 0.01,
+    "learn_inner_lr": True,
+    "inner_steps": 1,
+    "first_order": False,
+    "max_context_length": 512,
+    "inner_lrs": {"model.layers.0.self_attn.q_proj": 0.0123},
+}
+
+
+def _card_kwargs(**overrides):
+    kwargs = {
+        "repo_id": REPO_ID,
+        "base_model": BASE_MODEL,
+        "inner_settings": INNER_SETTINGS,
+        "eval_results": ROWS,
+        "datasets": ["hf-metaprompt/tiny_world"],
+        "command": "hf-metaprompt train --task tiny_world --output_dir out",
+    }
+    return kwargs | overrides
+
+
+def _code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def test_packaged_template_is_identical_to_model_cards_template():
+    """Edit `model_cards/template.md`, then copy it to `hf_metaprompt/templates/model_card.md` (shipped in wheels)."""
+    assert MODEL_CARD_TEMPLATE_PATH.read_bytes() == (REPO_ROOT / "model_cards" / "template.md").read_bytes()
+
+
+def test_saved_card_loads_and_metadata_round_trips(tmp_path):
+    path = write_model_card(tmp_path, **_card_kwargs())
+    assert path == tmp_path / "README.md"
+    card = ModelCard.load(path)
+
+    data = card.data
+    assert data.base_model == BASE_MODEL
+    assert data.library_name == "peft"
+    assert data.license == "apache-2.0"
+    assert data.datasets == ["hf-metaprompt/tiny_world"]
+    assert {"hf_metaprompt", "meta-learning"} <= set(data.tags)
+    assert ModelCardData(**data.to_dict()).to_dict() == data.to_dict()
+
+    # One EvalResult per row and metric; NaN and None metrics are left out.
+    found = {
+        (r.dataset_name, r.dataset_config, r.metric_args["condition"], r.metric_type): r.metric_value
+        for r in data.eval_results
+    }
+    expected = {
+        (row["task"], row["direction"], row["condition"], metric): float(row[metric])
+        for row in ROWS
+        for metric in ("exact_match", "f1")
+        if row[metric] is not None and not math.isnan(row[metric])
+    }
+    assert found == pytest.approx(expected)
+    assert len(data.eval_results) == len(expected)
+    assert {r.task_type for r in data.eval_results} == {"question-answering"}
+    assert all(r.metric_args["n"] == 200 for r in data.eval_results if r.dataset_name == "tiny_world")
+
+    body = card.text
+    assert "Can Gradient Descent Simulate Prompting?" in body
+    assert "Zhang" in body and "Choshen" in body and "Andreas" in body
+    assert "| tiny_world | meta-trained + inner step | reverse | 0.350 | n/a | -2.00 | 200 |" in body
+    assert "| `inner_lr` | 0.01 |" in body
+    assert "`model.layers.0.self_attn.q_proj` | 0.0123" in body
+    assert _code_blocks(body, "bash") == ["hf-metaprompt train --task tiny_world --output_dir out\n"]
+
+
+def test_usage_code_is_valid_python():
+    card = build_model_card(
+        **_card_kwargs(example_context='He said "hi".\nThen left \\ quietly.', example_question="Who's there?")
+    )
+    (code,) = _code_blocks(card.text, "python")
+    tree = ast.parse(code)
+    calls = {
+        node.func.attr: node for node in ast.walk(tree) if isinstance(node, ast.Call) and hasattr(node.func, "attr")
+    }
+    assert ast.literal_eval(calls["from_pretrained"].args[0]) == REPO_ID
+    assert ast.literal_eval(calls["absorb"].args[0]) == 'He said "hi".\nThen left \\ quietly.'
+    assert ast.literal_eval(calls["generate"].args[0]) == "Who's there?"
+    assert code.startswith("from hf_metaprompt import MetaPromptModel\n")
+
+
+def test_card_from_metaprompt_settings():
+    """The inner-loop table takes `metaprompt_config.json` as saved; odd values must not break the markdown table."""
+    settings = asdict(MetaPromptSettings(base_model=BASE_MODEL, context_separator="\n|", inner_lrs={"q_proj": 0.02}))
+    card = build_model_card(**_card_kwargs(inner_settings=settings))
+    lines = card.text[card.text.index("| setting | value |") :].split("\n\n")[0].splitlines()
+    assert len(lines) == 2 + len([k for k in settings if k not in ("base_model", "inner_lrs")])
+    assert all(line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 1 for line in lines[2:])
+    assert "| `context_separator` | \\n\\| |" in lines
+    assert "| `q_proj` | 0.02 |" in card.text
+
+
+def test_minimal_card_renders_without_results():
+    card = build_model_card(repo_id=REPO_ID, base_model=BASE_MODEL, inner_settings={}, eval_results=None,
+                            datasets=None, command=None, library_name="transformers")  # fmt: skip
+    assert card.data.eval_results is None
+    assert "model-index" not in card.data.to_dict()
+    assert card.data.library_name == "transformers"
+    assert "No evaluation results were recorded" in card.text
+    ast.parse(_code_blocks(card.text, "python")[0])
+
+
+@pytest.mark.parametrize("base_model", ["", "   ", None, "/tmp/local/checkpoint", "./out"])
+def test_base_model_is_required_and_a_hub_id(base_model):
+    with pytest.raises(ValueError, match="base_model"):
+        build_model_card(**_card_kwargs(base_model=base_model))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"eval_results": [{"task": "tiny_world", "exact_match": 0.5}]}, "condition"),
+        ({"eval_results": [{"task": "t", "condition": "c", "f1": "high"}]}, "f1"),
+        ({"library_name": "timm"}, "library_name"),
+        ({"repo_id": ""}, "repo_id"),
+        ({"datasets": ["not a dataset id"]}, "datasets"),
+    ],
+)
+def test_invalid_inputs_name_the_field(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        build_model_card(**_card_kwargs(**overrides))
+
+
+def test_card_validates_and_pushes_to_local_hub(hub_server):
+    """`RepoCard.validate` needs the Hub's validate-yaml endpoint; the local Hub checks it with ModelCardData."""
+    card = build_model_card(**_card_kwargs())
+    card.validate()
+    broken = ModelCard(str(card).replace(f"base_model: {BASE_MODEL}", "base_model: not/a/valid/id", 1))
+    with pytest.raises(ValueError, match="base_model"):
+        broken.validate()
+
+    HfApi().create_repo(REPO_ID)
+    card.push_to_hub(REPO_ID)
+    info = HfApi().model_info(REPO_ID)
+    assert info.card_data.base_model == BASE_MODEL
+    assert info.model_index[0]["name"] == REPO_ID
+    assert ModelCard.load(REPO_ID).data.to_dict() == card.data.to_dict()
