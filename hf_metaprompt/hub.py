@@ -35,6 +35,15 @@ _EXAMPLE_CONTEXT = "Ada Lovelace was born in London in 1815. She wrote the first
 _EXAMPLE_QUESTION = "Where was Ada Lovelace born?"
 
 
+def is_repo_id(value: Any) -> bool:
+    """Whether `value` names a Hub repository (rather than a local path)."""
+    try:
+        validate_repo_id(value)
+    except (HFValidationError, TypeError):
+        return False
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _check_repo_id(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"`{field_name}` must be a non-empty Hub repo id (e.g. 'org/name'), got {value!r}.")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +28,8 @@ from transformers.trainer_utils import EvalPrediction
 
 from .collator import PromptTargetCollator, pad_token_id
 from .config import MetaDistillConfig
+from .evaluation import RESULTS_NAME
+from .hub import DEFAULT_TAGS, write_model_card
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
 
@@ -199,6 +204,40 @@ class MetaDistillTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        command: str | None = None,
+        eval_results: list[dict] | None = None,
+        example_context: str | None = None,
+        example_question: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`README.md` in `output_dir`: inner-loop settings, evaluation results (from `eval_results.json` unless
+        given), usage code and the command. `Trainer.push_to_hub` calls it before uploading."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = Path(self.args.output_dir)
+        results_file = output_dir / RESULTS_NAME
+        if eval_results is None and results_file.is_file():
+            eval_results = json.loads(results_file.read_text())
+        settings = self.meta_model.current_settings()
+        examples = {"example_context": example_context, "example_question": example_question}
+        write_model_card(
+            output_dir,
+            repo_id=self.hub_model_id or self.args.hub_model_id or model_name or output_dir.name,
+            base_model=settings.base_model or "",
+            inner_settings=asdict(settings),
+            eval_results=eval_results,
+            datasets=[dataset_name] if dataset_name else None,
+            command=command,
+            tags=[tag for tag in (*self._tag_names, *_as_list(tags)) if tag not in DEFAULT_TAGS],
+            library_name="peft" if settings.inner_params == "lora" else "transformers",
+            **{k: v for k, v in examples.items() if v},
+        )
+
 
 def _init_kwargs(args: MetaDistillConfig) -> dict[str, Any]:
     kwargs = dict(args.model_init_kwargs or {})
@@ -286,3 +325,9 @@ def _with_inner_lr_group(trainer: MetaDistillTrainer, model: nn.Module | None) -
         {"params": groups["inner_lr"], "weight_decay": 0.0, "lr": trainer.args.inner_lr_learning_rate},
     ]
     return optimizer_cls([g for g in param_groups if g["params"]], **optimizer_kwargs)
+
+
+def _as_list(tags: str | list[str] | None) -> list[str]:
+    if tags is None:
+        return []
+    return [tags] if isinstance(tags, str) else list(tags)

@@ -1,0 +1,202 @@
+"""The meta-train → evaluate → save → (push) pipeline behind `examples/run_meta.py` and `hf-metaprompt train`.
+
+With no arguments it runs the embedded default: the shipped tiny base meta-trained on the tiny world, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
+
+from .assets import TINY_BASE_ID, tiny_base_path
+from .config import MetaDistillConfig
+from .evaluation import CONDITIONS, PLAIN_FT_STEPS, ConditionEvaluator, format_table, save_results
+from .hub import is_repo_id
+from .trainer import MetaDistillTrainer
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("tiny_world", "reversal", "character_description", "squad", "text")
+
+# The embedded default, as command-line flags: anything given explicitly comes later and wins.
+TINY_WORLD_DEFAULTS = [
+    "--output_dir", "outputs/tiny-world",
+    "--task", "tiny_world",
+    "--max_steps", "600",
+    "--per_device_train_batch_size", "16",
+    "--learning_rate", "3e-3",
+    "--lr_scheduler_type", "cosine",
+    "--warmup_steps", "30",
+    "--inner_lr", "0.3",
+    "--max_inner_lr", "3.0",
+    "--inner_lr_learning_rate", "3e-2",
+    "--lora_r", "16",
+    "--lora_alpha", "16",
+    "--max_answer_length", "16",
+    "--max_context_length", "256",
+    "--logging_steps", "50",
+    "--save_strategy", "no",
+    "--report_to", "none",
+    "--seed", "0",
+    "--max_eval_samples", "200",
+    "--max_validation_samples", "100",
+]  # fmt: skip
+
+
+@dataclass
+class ScriptArguments:
+    """Model and data arguments of the pipeline (training arguments are `MetaDistillConfig`'s)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model id or path. Default: the tiny base shipped with the package."}
+    )
+    task: str = field(default="tiny_world", metadata={"help": "Task family.", "choices": list(TASKS)})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Dataset id or path: reversal-curse folder, SQuAD-schema dataset, or text dataset."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    data_files: str | None = field(default=None, metadata={"help": "Local data file(s) (JSON/Parquet/text)."})
+    train_split: str = field(default="train", metadata={"help": "Split to meta-train on (squad/text)."})
+    eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (squad/text)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training tasks."})
+    max_validation_samples: int | None = field(
+        default=None, metadata={"help": "Cap on validation tasks (plain fine-tuning LR sweep)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on test tasks."})
+    conditions: list[str] = field(
+        default_factory=lambda: list(CONDITIONS), metadata={"help": "Evaluation conditions to run."}
+    )
+    plain_ft_lrs: list[float] = field(
+        default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+        metadata={"help": "Learning rates swept (on validation) for the plain fine-tuning baselines."},
+    )
+    contexts_per_update: int = field(
+        default=1, metadata={"help": "Contexts absorbed one after another before asking their questions."}
+    )
+    skip_training: bool = field(default=False, metadata={"help": "Only evaluate (e.g. the base with no meta-step)."})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id recorded as the base model (model card, metaprompt_config.json) for a local base."},
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, MetaDistillConfig]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ScriptArguments, MetaDistillConfig))
+    defaults = TINY_WORLD_DEFAULTS if _is_default_task(argv) else ["--output_dir", "outputs/meta"]
+    script_args, config = parser.parse_args_into_dataclasses(args=defaults + argv)
+    return script_args, config
+
+
+def _is_default_task(argv: list[str]) -> bool:
+    """The tiny-world defaults apply unless another task or a real model is asked for."""
+    joined = " ".join(argv)
+    return "--model_name_or_path" not in joined and ("--task" not in joined or "--task tiny_world" in joined)
+
+
+def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:
+    """train / validation / test splits with `context`, `query`, `answer`, `direction` columns."""
+    task = script_args.task
+    if task == "tiny_world":
+        from .data.tiny_world import load_tiny_world
+
+        return load_tiny_world(seed=seed)
+    if script_args.dataset_name is None and script_args.data_files is None:
+        raise ValueError(f"--task {task} needs --dataset_name (or --data_files).")
+    if task in ("reversal", "character_description"):
+        from .data.reversal import load_reversal_tasks
+
+        return load_reversal_tasks(script_args.dataset_name, task=task, seed=seed)
+    if task == "squad":
+        from .data.squad import load_squad_tasks
+
+        loader = load_squad_tasks
+    elif task == "text":
+        from .data.text import load_text_tasks
+
+        loader = load_text_tasks
+    else:
+        raise ValueError(f"Unknown --task {task!r}; choose from {TASKS}.")
+    name = script_args.dataset_name or "json"
+    train = loader(name, split=script_args.train_split, dataset_config=script_args.dataset_config)
+    held_out = loader(name, split=script_args.eval_split, dataset_config=script_args.dataset_config)
+    halves = held_out.train_test_split(test_size=0.5, seed=seed)
+    return datasets.DatasetDict(train=train, validation=halves["train"], test=halves["test"])
+
+
+def _cap(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(limit))
+
+
+def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | None = None) -> list[dict]:
+    """Meta-train, evaluate every condition, save adapter + settings + results + plot + card; push if asked."""
+    set_seed(config.seed)
+    model_path = script_args.model_name_or_path or str(tiny_base_path())
+    base_id = script_args.base_model_id or script_args.model_name_or_path or TINY_BASE_ID
+    has_hub_base = is_repo_id(base_id)
+    if config.push_to_hub and not has_hub_base:
+        raise ValueError(
+            f"--push_to_hub needs the base model's Hub id: {base_id!r} is a local path; pass --base_model_id."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, **(config.model_init_kwargs or {}))
+    splits = load_task(script_args, config.seed)
+    train = _cap(splits["train"], script_args.max_train_samples, config.seed)
+    validation = _cap(splits["validation"], script_args.max_validation_samples, config.seed)
+    test = _cap(splits["test"], script_args.max_eval_samples, config.seed)
+    logger.info("Tasks: %d train, %d validation, %d test", len(train), len(validation), len(test))
+
+    trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
+    trainer.meta_model.settings.base_model = base_id
+    if not script_args.skip_training:
+        trainer.train()
+    trainer.save_model(config.output_dir)
+
+    evaluator = ConditionEvaluator(
+        trainer.meta_model,
+        tokenizer,
+        batch_size=config.per_device_eval_batch_size * 4,
+        contexts_per_update=script_args.contexts_per_update,
+    )
+    plain_ft_lrs = {}
+    for condition, steps in PLAIN_FT_STEPS.items():
+        if condition in script_args.conditions:
+            plain_ft_lrs[condition], _ = evaluator.sweep_plain_ft_lr(validation, steps, script_args.plain_ft_lrs)
+    rows = evaluator.evaluate(test, script_args.task, script_args.conditions, plain_ft_lrs)
+    for row in rows:
+        if row["condition"] in plain_ft_lrs:
+            row["learning_rate"] = plain_ft_lrs[row["condition"]]
+    table = format_table(rows)
+    logger.info("Results on %d held-out tasks:\n%s", len(test), table)
+
+    output_dir = Path(config.output_dir)
+    save_results(rows, output_dir, title=f"{script_args.task}: one gradient step vs prompting")
+    (output_dir / "script_args.json").write_text(json.dumps(asdict(script_args), indent=2) + "\n")
+    if has_hub_base:
+        example = test[0]
+        trainer.create_model_card(
+            command=command, eval_results=rows, example_context=example["context"], example_question=example["query"]
+        )
+    else:
+        logger.warning("No model card written: the base %r is a local path (pass --base_model_id).", base_id)
+    if config.push_to_hub:
+        trainer.push_to_hub(commit_message="Meta-trained checkpoint with evaluation results")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args, config = parse_args(argv)
+    command = shlex.join(["accelerate", "launch", "examples/run_meta.py", *argv])
+    return run(script_args, config, command=command)
