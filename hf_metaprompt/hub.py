@@ -15,6 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,45 @@ def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
         logger.info("Replacing the existing model card %s", path)
     card.save(path)
     return path
+
+
+def push_checkpoint(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload meta-trained checkpoint",
+    command: str | None = None,
+) -> str:
+    """Upload a saved checkpoint (adapter or weights, `metaprompt_config.json`, tokenizer, results, plot) with a
+    model card written for `repo_id`, in one commit. Returns the commit URL.
+
+    Nothing is changed locally except `README.md`; if the upload fails, the saved files are intact.
+    """
+    from huggingface_hub import HfApi
+
+    from .settings import MetaPromptSettings
+
+    folder = Path(folder)
+    settings = MetaPromptSettings.load(folder)
+    results_file = folder / "eval_results.json"
+    write_model_card(
+        folder,
+        repo_id=repo_id,
+        base_model=settings.base_model or "",
+        inner_settings=asdict(settings),
+        eval_results=json.loads(results_file.read_text()) if results_file.is_file() else None,
+        command=command,
+        library_name="peft" if settings.inner_params == "lora" else "transformers",
+    )
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message,
+        # Checkpoints of the run and pickles stay local: the Hub copy is loaded from safetensors and JSON only.
+        ignore_patterns=["checkpoint-*", "_*", "*.bin", "*.pt", "*.pth"],
+    )
+    return str(commit)

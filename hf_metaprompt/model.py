@@ -200,19 +200,13 @@ class MetaPromptModel(nn.Module):
         private: bool | None = None,
         token: str | None = None,
         commit_message: str = "Upload meta-trained checkpoint",
-        model_card: Any | None = None,
     ) -> str:
-        """Save to a temporary folder and upload it in one commit; returns the commit URL."""
-        from huggingface_hub import HfApi
+        """Save to a temporary folder and upload it, with a model card, in one commit; returns the commit URL."""
+        from .hub import push_checkpoint
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
-            if model_card is not None:
-                model_card.save(Path(folder) / "README.md")
-            info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
-        return str(info)
+            return push_checkpoint(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 def _resolve(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> Path:

@@ -13,12 +13,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, set_seed
 
 from .assets import TINY_BASE_ID, tiny_base_path
 from .config import MetaDistillConfig
-from .evaluation import CONDITIONS, PLAIN_FT_STEPS, ConditionEvaluator, format_table, save_results
+from .evaluation import (
+    CONDITIONS,
+    DEFAULT_PLAIN_FT_LRS,
+    PLAIN_FT_STEPS,
+    ConditionEvaluator,
+    format_table,
+    save_results,
+)
 from .hub import is_repo_id
+from .modeling import MetaDistillModel
 from .trainer import MetaDistillTrainer
 
 logger = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ class ScriptArguments:
         default_factory=lambda: list(CONDITIONS), metadata={"help": "Evaluation conditions to run."}
     )
     plain_ft_lrs: list[float] = field(
-        default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+        default_factory=lambda: list(DEFAULT_PLAIN_FT_LRS),
         metadata={"help": "Learning rates swept (on validation) for the plain fine-tuning baselines."},
     )
     contexts_per_update: int = field(
@@ -162,20 +170,17 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
         trainer.train()
     trainer.save_model(config.output_dir)
 
-    evaluator = ConditionEvaluator(
+    rows = evaluate_all(
         trainer.meta_model,
         tokenizer,
-        batch_size=config.per_device_eval_batch_size * 4,
+        validation,
+        test,
+        task=script_args.task,
+        conditions=script_args.conditions,
+        plain_ft_lr_grid=script_args.plain_ft_lrs,
         contexts_per_update=script_args.contexts_per_update,
+        batch_size=config.per_device_eval_batch_size * 4,
     )
-    plain_ft_lrs = {}
-    for condition, steps in PLAIN_FT_STEPS.items():
-        if condition in script_args.conditions:
-            plain_ft_lrs[condition], _ = evaluator.sweep_plain_ft_lr(validation, steps, script_args.plain_ft_lrs)
-    rows = evaluator.evaluate(test, script_args.task, script_args.conditions, plain_ft_lrs)
-    for row in rows:
-        if row["condition"] in plain_ft_lrs:
-            row["learning_rate"] = plain_ft_lrs[row["condition"]]
     table = format_table(rows)
     logger.info("Results on %d held-out tasks:\n%s", len(test), table)
 
@@ -194,8 +199,38 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def evaluate_all(
+    meta: MetaDistillModel,
+    tokenizer: PreTrainedTokenizerBase,
+    validation: datasets.Dataset,
+    test: datasets.Dataset,
+    task: str,
+    conditions: list[str] = CONDITIONS,
+    plain_ft_lr_grid: list[float] | None = None,
+    contexts_per_update: int = 1,
+    batch_size: int = 32,
+) -> list[dict]:
+    """Every condition on `test`; the plain fine-tuning learning rates are swept on `validation` first."""
+    evaluator = ConditionEvaluator(meta, tokenizer, batch_size=batch_size, contexts_per_update=contexts_per_update)
+    plain_ft_lrs = {}
+    for condition, steps in PLAIN_FT_STEPS.items():
+        if condition in conditions:
+            grid = plain_ft_lr_grid or DEFAULT_PLAIN_FT_LRS
+            plain_ft_lrs[condition], _ = evaluator.sweep_plain_ft_lr(validation, steps, grid)
+    rows = evaluator.evaluate(test, task, conditions, plain_ft_lrs)
+    for row in rows:
+        if row["condition"] in plain_ft_lrs:
+            row["learning_rate"] = plain_ft_lrs[row["condition"]]
+    return rows
+
+
+def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args, config = parse_args(argv)
     command = shlex.join(["accelerate", "launch", "examples/run_meta.py", *argv])

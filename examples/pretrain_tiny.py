@@ -1,0 +1,344 @@
+"""Pretrain the tiny base LM shipped in ``hf_metaprompt/assets/tiny_base/``.
+
+The base must read facts from its prompt (prompted, it answers questions about people it never saw) and must not
+know the held-out people (unprompted, it cannot answer): the gap between the two is what meta-training then closes
+with one gradient step on the context. It is trained on the TRAIN people of the tiny world only, on documents
+``context + "\\n" + question + answer (+ "\\n" + question + answer ...)`` and on the facts alone, tokenized segment
+by segment exactly as the library's collator does (``bos + tok(context + "\\n") + tok(query) + tok(answer)``).
+
+Example (the command that made the shipped model is in its README.md):
+
+    python examples/pretrain_tiny.py --max_steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
+
+from hf_metaprompt.data.tiny_world import PretrainingDocument, iter_pretraining_documents, load_tiny_world
+
+logger = logging.getLogger("pretrain_tiny")
+
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent.parent / "hf_metaprompt" / "assets" / "tiny_base"
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+# Bytes past this size are stored in bfloat16 instead of float32, to keep the package small.
+MAX_FLOAT32_BYTES = 8 * 2**20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the world (load_tiny_world) and of training.")
+    parser.add_argument("--facts_per_context", type=int, default=8)
+    parser.add_argument(
+        "--min_facts_per_context", type=int, default=None, help="Draw each context's size in [min, facts_per_context]."
+    )
+    parser.add_argument("--questions_per_context", type=int, default=4, help="Questions appended to each context.")
+    parser.add_argument("--facts_only_fraction", type=float, default=0.1, help="Share of documents without questions.")
+    parser.add_argument(
+        "--answer_loss_weight", type=float, default=1.0, help="Loss weight of answer tokens (others 1)."
+    )
+    parser.add_argument("--vocab_size", type=int, default=1024, help="Upper bound; the world needs fewer tokens.")
+    parser.add_argument("--tokenizer_documents", type=int, default=2000, help="Documents the tokenizer learns from.")
+    parser.add_argument("--hidden_size", type=int, default=192)
+    parser.add_argument("--intermediate_size", type=int, default=512)
+    parser.add_argument("--num_hidden_layers", type=int, default=4)
+    parser.add_argument("--num_attention_heads", type=int, default=6)
+    parser.add_argument("--max_position_embeddings", type=int, default=512)
+    parser.add_argument("--max_steps", type=int, default=2000)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--weight_decay", type=float, default=0.1)
+    parser.add_argument("--eval_steps", type=int, default=250, help="Log validation exact match every N steps.")
+    parser.add_argument("--num_eval_tasks", type=int, default=128, help="Validation tasks for the periodic check.")
+    parser.add_argument("--num_threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.facts_only_fraction < 1.0:
+        parser.error("--facts_only_fraction must be in [0, 1)")
+    if args.hidden_size % args.num_attention_heads:
+        parser.error("--hidden_size must be a multiple of --num_attention_heads")
+    return args
+
+
+def train_tokenizer(documents: list[PretrainingDocument], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE learned on the world's text, segment by segment as the collator tokenizes.
+
+    Byte level keeps any text encodable; the prefix space makes a segment's first word the same token as anywhere
+    else (as Llama's tokenizer does), so a name at the start of a context is the same token the answer uses.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    segments = (
+        segment
+        for document in documents
+        for segment in (document.context + "\n", *itertools.chain.from_iterable(document.questions))
+    )
+    tokenizer.train_from_iterator(segments, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+def encode_document(
+    tokenizer: PreTrainedTokenizerFast, document: PretrainingDocument, answer_loss_weight: float
+) -> tuple[list[int], list[float]]:
+    """Token ids and per-token loss weights; without questions the document is ``bos + tok(context) + eos``."""
+
+    def tok(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if not document.questions:
+        ids = [tokenizer.bos_token_id, *tok(document.context), tokenizer.eos_token_id]
+        return ids, [1.0] * len(ids)
+    ids = [tokenizer.bos_token_id, *tok(document.context + "\n")]
+    weights = [1.0] * len(ids)
+    for index, (query, answer) in enumerate(document.questions):
+        last = index == len(document.questions) - 1
+        # tok(answer + "\n") == tok(answer) + tok-of-newline: the newline is its own pre-token.
+        answer_ids = [*tok(answer), tokenizer.eos_token_id] if last else tok(answer + "\n")
+        query_ids = tok(query)
+        ids += query_ids + answer_ids
+        weights += [1.0] * len(query_ids) + [answer_loss_weight] * len(answer_ids)
+    return ids, weights
+
+
+def iter_batches(
+    tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless right-padded batches ``(input_ids, loss_weights)`` from the train people.
+
+    Documents are grouped by length (within a pool of several batches, batch order shuffled) so that contexts of
+    different sizes waste little compute on padding. No attention mask is needed: with causal attention and padding
+    on the right, real tokens never see padding, and padding carries zero loss weight.
+    """
+    rng = random.Random(f"pretrain_tiny/{args.seed}/batches")
+    documents = iter_pretraining_documents(
+        args.seed, args.facts_per_context, args.questions_per_context, args.min_facts_per_context
+    )
+    pool_size = 8 * args.batch_size
+    while True:
+        encoded = []
+        for document in itertools.islice(documents, pool_size):
+            if rng.random() < args.facts_only_fraction:
+                document = PretrainingDocument(context=document.context, questions=[])
+            encoded.append(encode_document(tokenizer, document, args.answer_loss_weight))
+        encoded.sort(key=lambda pair: len(pair[0]))
+        batches = [encoded[start : start + args.batch_size] for start in range(0, pool_size, args.batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            length = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), length), tokenizer.pad_token_id)
+            weights = torch.zeros((len(batch), length))
+            for row, (ids, token_weights) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                weights[row, : len(ids)] = torch.tensor(token_weights)
+            yield input_ids, weights
+
+
+def weighted_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged with per-target-token weights (0 on padding)."""
+    token_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none")
+    target_weights = weights[:, 1:].flatten()
+    return (token_loss * target_weights).sum() / target_weights.sum()
+
+
+@torch.no_grad()
+def exact_match(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    tasks: datasets.Dataset,
+    prompted: bool,
+    batch_size: int = 64,
+    max_new_tokens: int = 8,
+) -> dict[str, float]:
+    """Greedy exact match per direction; the prediction ends at eos or at the first newline."""
+    newline_id = tokenizer(" \n", add_special_tokens=False)["input_ids"][-1]
+    stop_ids = {tokenizer.eos_token_id, newline_id}
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    for start in range(0, len(tasks), batch_size):
+        batch = tasks[start : start + batch_size]
+        prompts = [
+            [tokenizer.bos_token_id]
+            + (tokenizer(context + "\n", add_special_tokens=False)["input_ids"] if prompted else [])
+            + tokenizer(query, add_special_tokens=False)["input_ids"]
+            for context, query in zip(batch["context"], batch["query"], strict=True)
+        ]
+        length = max(map(len, prompts))
+        # Left padding, so that every prompt ends where generation starts.
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts])
+        attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(stop_ids),
+        )[:, length:]
+        for row, answer, direction in zip(generated.tolist(), batch["answer"], batch["direction"], strict=True):
+            stop = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
+            prediction = tokenizer.decode(row[:stop])
+            hits.setdefault(direction, []).append(prediction.strip() == answer.strip())
+    model.train()
+    return {direction: sum(values) / len(values) for direction, values in sorted(hits.items())}
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_attention_heads,
+        max_position_embeddings=args.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) -> None:
+    """AdamW with warmup and cosine decay; logs validation exact match (prompted) every ``eval_steps``."""
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embed" not in name]
+    no_decay = [p for name, p in model.named_parameters() if p.ndim < 2 or "embed" in name]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.learning_rate,
+        betas=(0.9, 0.95),
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    validation = load_tiny_world(args.seed, num_train=0, facts_per_context=args.facts_per_context)["validation"]
+    validation = validation.select(range(min(args.num_eval_tasks, len(validation))))
+    model.train()
+    progress = tqdm(iter_batches(tokenizer, args), total=args.max_steps, desc="pretraining")
+    for step, (input_ids, weights) in enumerate(progress, start=1):
+        logits = model(input_ids=input_ids).logits
+        loss = weighted_lm_loss(logits, input_ids, weights)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+        if step % args.eval_steps == 0 or step == args.max_steps:
+            scores = exact_match(model, tokenizer, validation, prompted=True)
+            logger.info("step %d loss %.4f validation prompted exact match %s", step, loss.item(), scores)
+        if step == args.max_steps:
+            break
+
+
+def write_model_card(output_dir: Path, args: argparse.Namespace, results: dict, facts: dict) -> None:
+    """README.md with how the model was made and what it measures, so the shipped numbers can be re-checked."""
+    command = "python examples/pretrain_tiny.py " + " ".join(
+        f"--{name} {value}" for name, value in sorted(vars(args).items()) if name != "output_dir"
+    )
+    rows = "\n".join(
+        f"| {split} | {condition} | {scores['forward']:.3f} | {scores['reversed']:.3f} |"
+        for (split, condition), scores in results.items()
+    )
+    text = f"""---
+library_name: transformers
+tags: [hf_metaprompt, tiny-world, synthetic]
+---
+# tiny_base: the embedded base model of hf_metaprompt
+
+A {facts["num_parameters"] / 1e6:.2f}M-parameter `LlamaForCausalLM` (random init, {args.num_hidden_layers} layers,
+hidden {args.hidden_size}, {args.num_attention_heads} heads) with a {facts["vocab_size"]}-token byte-level BPE
+tokenizer, stored in {facts["dtype"]}. It was trained from scratch by `examples/pretrain_tiny.py` on documents about
+the TRAIN people of `hf_metaprompt.data.tiny_world.load_tiny_world(seed={args.seed})` only: contexts of
+{args.facts_per_context} facts followed by {args.questions_per_context} questions of both directions, and the facts
+alone ({args.facts_only_fraction:.0%} of documents). Validation and test people were never seen, so it answers them
+only when the facts are in its prompt. Training took {facts["minutes"]:.1f} minutes on {args.num_threads} CPU threads.
+
+## How it was made
+```
+{command}
+```
+
+## Greedy exact match (`load_tiny_world(seed={args.seed})`, {args.facts_per_context} facts per context)
+Prompted = `bos + tok(context + "\\n") + tok(query)`; unprompted = `bos + tok(query)`.
+
+| split | condition | forward | reversed |
+|---|---|---|---|
+{rows}
+
+The unprompted numbers on `train` show how much the model memorised the people it was trained on.
+"""
+    (output_dir / "README.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.num_threads)
+    started = time.monotonic()
+
+    documents = list(
+        itertools.islice(
+            iter_pretraining_documents(args.seed, args.facts_per_context, args.questions_per_context),
+            args.tokenizer_documents,
+        )
+    )
+    tokenizer = train_tokenizer(documents, args.vocab_size)
+    tokenizer.model_max_length = args.max_position_embeddings
+    model = build_model(tokenizer, args)
+    num_parameters = model.num_parameters()
+    logger.info("tokenizer: %d tokens; model: %.2fM parameters", len(tokenizer), num_parameters / 1e6)
+
+    train(model, tokenizer, args)
+    minutes = (time.monotonic() - started) / 60
+    logger.info("training took %.1f minutes", minutes)
+
+    # Measure what is shipped: cast first when the float32 weights would be too big.
+    if num_parameters * 4 > MAX_FLOAT32_BYTES:
+        model = model.to(torch.bfloat16)
+    splits = load_tiny_world(args.seed, facts_per_context=args.facts_per_context)
+    results = {}
+    for split in ("test", "validation", "train"):
+        tasks = splits[split].select(range(min(400, len(splits[split]))))
+        for condition, prompted in (("prompted", True), ("unprompted", False)):
+            results[(split, condition)] = exact_match(model, tokenizer, tasks, prompted=prompted)
+            logger.info("%s %s exact match: %s", split, condition, results[(split, condition)])
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    facts = {
+        "num_parameters": num_parameters,
+        "vocab_size": len(tokenizer),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "minutes": minutes,
+    }
+    write_model_card(args.output_dir, args, results, facts)
+    logger.info("saved to %s", args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
