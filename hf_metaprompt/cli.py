@@ -14,9 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-logger = logging.getLogger("hf_metaprompt")
-
 from huggingface_hub.errors import HfHubHTTPError
+
+logger = logging.getLogger("hf_metaprompt")
 
 # Bad input and unreachable or missing repositories: one line and exit code 2, not a traceback.
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError, HfHubHTTPError)
