@@ -74,9 +74,9 @@ class MetaDistillModel(nn.Module):
         if teacher is not None:
             teacher.requires_grad_(False)
         check_attention_supports_meta_gradient(model, settings.first_order)
-        initial = [settings.inner_lrs.get(name, settings.inner_lr) for name in self.adapted.group_names]
         self.log_inner_lrs = nn.Parameter(
-            torch.tensor(initial, dtype=torch.float32).log(), requires_grad=settings.learn_inner_lr
+            torch.tensor([settings_log_lr(settings, name) for name in self.adapted.group_names], dtype=torch.float32),
+            requires_grad=settings.learn_inner_lr,
         )
 
     # ----- inner learning rates
@@ -220,7 +220,10 @@ class MetaDistillModel(nn.Module):
 
     # ----- persistence
     def current_settings(self) -> MetaPromptSettings:
-        settings = MetaPromptSettings(**{**vars(self.settings), "inner_lrs": self.inner_lr_dict()})
+        log_lrs = dict(zip(self.adapted.group_names, self.log_inner_lrs.tolist(), strict=True))
+        settings = MetaPromptSettings(
+            **{**vars(self.settings), "inner_lrs": self.inner_lr_dict(), "log_inner_lrs": log_lrs}
+        )
         config = getattr(self.model, "config", None)
         if settings.base_model is None and config is not None:
             settings.base_model = getattr(config, "_name_or_path", None) or None
@@ -252,9 +255,16 @@ class MetaDistillModel(nn.Module):
         missing = [name for name in self.adapted.group_names if name not in settings.inner_lrs]
         if missing:
             raise ValueError(f"{directory} has no learned inner LR for {missing[:3]}: was it saved by another model?")
-        lrs = torch.tensor([settings.inner_lrs[name] for name in self.adapted.group_names])
+        values = [settings_log_lr(settings, name) for name in self.adapted.group_names]
         with torch.no_grad():
-            self.log_inner_lrs.copy_(lrs.log())
+            self.log_inner_lrs.copy_(torch.tensor(values))
+
+
+def settings_log_lr(settings: MetaPromptSettings, name: str) -> float:
+    """The saved log inner LR of a module (exact), else the log of its saved or initial inner LR."""
+    if name in settings.log_inner_lrs:
+        return settings.log_inner_lrs[name]
+    return math.log(settings.inner_lrs.get(name, settings.inner_lr))
 
 
 def causal_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:

@@ -20,7 +20,8 @@ DISTILL_ON = ("answer", "query_and_answer")
 class MetaPromptSettings:
     """How to absorb a text: the same inner step(s) the checkpoint was meta-trained with.
 
-    `inner_lrs` maps each adapted module to its (learned) inner learning rate; it is filled when saving.
+    `inner_lrs` maps each adapted module to its (learned) inner learning rate; it is filled when saving, together
+    with `log_inner_lrs`, the exact parameter values (what a reload uses, so that it reproduces outputs bit for bit).
     """
 
     inner_params: str = "lora"
@@ -40,6 +41,7 @@ class MetaPromptSettings:
     context_separator: str = "\n"
     base_model: str | None = None
     inner_lrs: dict[str, float] = field(default_factory=dict)
+    log_inner_lrs: dict[str, float] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / METAPROMPT_CONFIG_NAME
