@@ -1,0 +1,91 @@
+"""The evaluation conditions mean what they say, and the results files are written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import EXAMPLES, tiny_model
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+
+from hf_metaprompt import MetaDistillModel, MetaPromptSettings
+from hf_metaprompt.evaluation import CONDITIONS, ConditionEvaluator, format_table, gap_closed, save_results
+
+DIRECTIONS = ["forward", "reversed"] * 3
+DATA = Dataset.from_list([{**e, "direction": d} for e, d in zip(EXAMPLES * 2, DIRECTIONS, strict=True)])
+
+
+@pytest.fixture
+def evaluator(llama_tokenizer):
+    torch.manual_seed(0)
+    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    settings = MetaPromptSettings(inner_lr=1.0, max_inner_lr=10.0, max_answer_length=8)
+    meta = MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2)
+    return ConditionEvaluator(meta, llama_tokenizer, batch_size=4, show_progress=False)
+
+
+def by_condition(rows, direction="forward"):
+    return {r["condition"]: r for r in rows if r["direction"] == direction}
+
+
+def test_rows_cover_every_condition_and_direction(evaluator, tmp_path):
+    rows = evaluator.evaluate(DATA, "toy", plain_ft_lrs={"plain_ft_1step": 0.1, "plain_ft_5step": 0.1})
+    assert {(r["condition"], r["direction"]) for r in rows} == {
+        (c, d) for c in CONDITIONS for d in ("forward", "reversed")
+    }
+    for row in rows:
+        assert set(row) == {"task", "direction", "condition", "exact_match", "f1", "answer_logprob", "n"}
+        assert row["n"] == 3 and 0 <= row["exact_match"] <= row["f1"] <= 1 and row["answer_logprob"] < 0
+    json_path, plot_path = save_results(rows, tmp_path)
+    assert json.loads(json_path.read_text()) == rows
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| toy | forward | meta_1step |" in format_table(rows)
+
+
+def test_conditions_are_the_models_they_claim(evaluator):
+    rows = by_condition(evaluator.evaluate(DATA, "toy", plain_ft_lrs={"plain_ft_1step": 1e-12, "plain_ft_5step": 0.3}))
+    # A vanishing plain fine-tuning step is the base without context.
+    assert rows["plain_ft_1step"]["answer_logprob"] == pytest.approx(rows["no_context"]["answer_logprob"], abs=1e-5)
+    # Five real steps move it; the adapter (meta_no_step) differs from the base; the inner step moves the adapter.
+    assert rows["plain_ft_5step"]["answer_logprob"] != pytest.approx(rows["no_context"]["answer_logprob"], abs=1e-3)
+    assert rows["meta_no_step"]["answer_logprob"] != pytest.approx(rows["no_context"]["answer_logprob"], abs=1e-3)
+    assert rows["meta_1step"]["answer_logprob"] != pytest.approx(rows["meta_no_step"]["answer_logprob"], abs=1e-5)
+    # Prompting sees the context: a different likelihood from the unprompted base.
+    assert rows["prompted"]["answer_logprob"] != pytest.approx(rows["no_context"]["answer_logprob"], abs=1e-3)
+
+
+def test_plain_ft_needs_a_learning_rate_and_sweep_picks_one(evaluator):
+    with pytest.raises(ValueError, match="need a learning rate"):
+        evaluator.evaluate(DATA, "toy", conditions=["plain_ft_1step"])
+    best, results = evaluator.sweep_plain_ft_lr(DATA, steps=1, lrs=[1e-12, 0.1, 1.0])
+    assert set(results) == {1e-12, 0.1, 1.0} and results[best] == max(results.values())
+
+
+def test_contexts_per_update_absorbs_several_contexts(evaluator):
+    single = evaluator.evaluate(DATA, "toy", conditions=["meta_1step"])
+    evaluator.contexts_per_update = 3
+    grouped = evaluator.evaluate(DATA, "toy", conditions=["meta_1step"])
+    assert [r["n"] for r in grouped] == [r["n"] for r in single]
+    assert grouped[0]["answer_logprob"] != pytest.approx(single[0]["answer_logprob"], abs=1e-5)
+    # A group of one is the single-context evaluation.
+    evaluator.contexts_per_update = 1
+    assert evaluator.evaluate(DATA, "toy", conditions=["meta_1step"]) == single
+
+
+def test_gap_closed():
+    rows = [
+        {"task": "t", "direction": "forward", "condition": c, "exact_match": v}
+        for c, v in [("prompted", 0.9), ("plain_ft_1step", 0.1), ("meta_1step", 0.7)]
+    ]
+    assert gap_closed(rows)[("t", "forward")] == pytest.approx(0.75)
+
+
+def test_evaluation_needs_gold_answers(evaluator):
+    with pytest.raises(ValueError, match="gold `answer`"):
+        evaluator.evaluate(Dataset.from_list([{"context": "A b.", "query": "Q?", "answer": ""}]), "toy", ["prompted"])
