@@ -30,7 +30,7 @@ def task_examples(task: str) -> list[dict]:
         dataset = load_squad_tasks(FIXTURES / "squad_small.json")
     else:
         dataset = load_text_tasks(FIXTURES / "wikitext_small.txt", min_words=20)
-    return [{"context": e["context"], "query": e["query"], "answer": ""} for e in dataset.select(range(3))]
+    return [{"context": e["context"], "query": e["query"], "answer": ""} for e in dataset.select(range(2))]
 
 
 @pytest.mark.parametrize("task", ["tiny_world", "reversal", "character_description", "squad", "text"])
