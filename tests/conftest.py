@@ -61,28 +61,19 @@ def tiny_model(arch: str = "llama", attn: str = "sdpa", dtype: torch.dtype = tor
     """A randomly initialised tiny causal LM of the given architecture (dropout off for exact comparisons)."""
     torch.manual_seed(seed)
     common = dict(vocab_size=300, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    decoder = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **common,
+    )
     if arch == "llama":
-        config = LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(LlamaConfig(**decoder))
     elif arch == "qwen2":
-        config = Qwen2Config(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
-        model = Qwen2ForCausalLM(config)
+        model = Qwen2ForCausalLM(Qwen2Config(**decoder))
     elif arch == "gpt2":
         config = GPT2Config(
             n_embd=32,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -18,7 +19,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 pytest_plugins = ["hub_server"]  # the `hub_server` fixture, also when tests/conftest.py does not load it
 
@@ -27,17 +28,7 @@ ADAPTER_REPO = "test-user/tiny-llama-lora"
 
 
 def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_model("llama").eval()
     # What from_pretrained(BASE_REPO) would set; PEFT records it as the adapter's base model (config and card).
     model.name_or_path = model.config._name_or_path = BASE_REPO
     return model
