@@ -22,3 +22,20 @@ def tiny_base_path() -> Path:
             "build it with `python examples/pretrain_tiny.py` (it saves there by default)."
         )
     return TINY_BASE_DIR
+
+
+TINY_METAPROMPT_DIR = ASSETS_DIR / "tiny_world_metaprompt"
+
+
+def tiny_metaprompt_path() -> Path:
+    """The meta-trained tiny-world checkpoint shipped with the package (adapter + `metaprompt_config.json`).
+
+    It is what ``accelerate launch examples/run_meta.py`` writes with its defaults, so that absorbing a text works
+    offline in three lines without training first.
+    """
+    if not (TINY_METAPROMPT_DIR / "metaprompt_config.json").is_file():
+        raise FileNotFoundError(
+            f"The meta-trained tiny-world checkpoint is missing from {TINY_METAPROMPT_DIR}; produce it with "
+            "`accelerate launch examples/run_meta.py --output_dir hf_metaprompt/assets/tiny_world_metaprompt`."
+        )
+    return TINY_METAPROMPT_DIR
