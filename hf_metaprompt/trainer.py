@@ -78,12 +78,12 @@ class MetaDistillTrainer(Trainer):
             args = MetaDistillConfig(f"{str(name).split('/')[-1]}-metaprompt")
         if not isinstance(args, MetaDistillConfig):
             raise TypeError(f"`args` must be a MetaDistillConfig, got {type(args).__name__}.")
+        _check_distributed_support(args)  # before loading weights a ZeRO-3 launch would partition
         if isinstance(model, str):
             processing_class = processing_class or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model, **_init_kwargs(args))
         if processing_class is None:
             raise ValueError("Pass the tokenizer as `processing_class` (it builds the default collator).")
-        _check_distributed_support(args)
 
         model = _prepare_meta_model(model, args, peft_config)
         teacher = _load_teacher(model, args)
@@ -109,6 +109,11 @@ class MetaDistillTrainer(Trainer):
             optimizers=optimizers,
         )
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        # Checked again once the accelerator exists: an `accelerate launch` FSDP config sets no training argument.
+        _check_distributed_support(self.args, fsdp_enabled=self.is_fsdp_enabled)
+
     @property
     def meta_model(self) -> MetaDistillModel:
         return self.accelerator.unwrap_model(self.model)
@@ -122,7 +127,12 @@ class MetaDistillTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
-        loss = self._guard_non_finite(outputs.loss)
+        loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # `num_items_in_batch` counts the targets of all processes, and DDP/DeepSpeed average the gradients over
+            # them: scale back, as `Trainer.compute_loss` does, so N processes step like one with N times the batch.
+            loss = loss * self.accelerator.num_processes
+        loss = self._guard_non_finite(loss)
         self._record(outputs)
         return (loss, outputs) if return_outputs else loss
 
@@ -255,6 +265,10 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
     if isinstance(model, PeftModel):
         if peft_config is not None:
             raise ValueError("`model` is already a PeftModel: its adapter is the meta-learned one; drop peft_config.")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "The PeftModel's adapter is frozen; load it with `PeftModel.from_pretrained(..., is_trainable=True)`."
+            )
         return model
     if peft_config is None:
         peft_config = LoraConfig(
@@ -283,27 +297,26 @@ def _load_teacher(model: nn.Module, args: MetaDistillConfig) -> nn.Module | None
     return None
 
 
-def _check_distributed_support(args: MetaDistillConfig) -> None:
+def _check_distributed_support(args: MetaDistillConfig, fsdp_enabled: bool = False) -> None:
     """ZeRO-3 and FSDP shard the parameters the inner step substitutes; not proven correct yet."""
-    if args.fsdp:
+    if args.fsdp or fsdp_enabled:
         raise ValueError(
             "FSDP is not supported: sharded parameters break the per-task fast weights of the inner step (meta-"
             "gradients unverified). Use DDP or DeepSpeed ZeRO-1/2."
         )
-    if args.deepspeed:
-        stage = _deepspeed_stage(args)
-        if stage == 3:
-            raise ValueError(
-                "DeepSpeed ZeRO-3 is not supported: partitioned parameters break the inner step's fast weights. "
-                "Use ZeRO stage 1 or 2."
-            )
+    if _deepspeed_stage(args) == 3:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 is not supported: partitioned parameters break the inner step's fast weights. "
+            "Use ZeRO stage 1 or 2."
+        )
 
 
 def _deepspeed_stage(args: MetaDistillConfig) -> int | None:
-    config = args.hf_deepspeed_config.config if getattr(args, "hf_deepspeed_config", None) else args.deepspeed
+    """The ZeRO stage of `--deepspeed` or of an `accelerate launch` DeepSpeed config (both end in the plugin)."""
+    if args.deepspeed_plugin is not None:
+        return args.deepspeed_plugin.zero_stage
+    config = args.deepspeed  # assigned after the arguments were built: not parsed into a plugin
     if isinstance(config, str):
-        import json
-
         with open(config) as handle:
             config = json.load(handle)
     return (config or {}).get("zero_optimization", {}).get("stage")

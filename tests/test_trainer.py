@@ -143,6 +143,25 @@ def test_gradient_accumulation_normalises_by_target_tokens(tmp_path, llama_token
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
 
 
+def test_activation_checkpointing_flag_trains_identically(tmp_path, llama_tokenizer):
+    plain = make_trainer(tmp_path / "plain", llama_tokenizer, max_steps=2)
+    plain.train()
+    checkpointed = make_trainer(tmp_path / "ckpt", llama_tokenizer, max_steps=2, activation_checkpointing=True)
+    checkpointed.train()
+    a, b = adapter_state(plain), adapter_state(checkpointed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_adapter_is_refused(tmp_path, llama_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(peaky_model(), LoraConfig(r=4, target_modules="all-linear"))
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="is_trainable=True"):
+        MetaDistillTrainer(model=model, args=config(tmp_path), processing_class=llama_tokenizer)
+
+
 def test_non_finite_step_is_skipped(tmp_path, llama_tokenizer, monkeypatch):
     original = MetaDistillModel.forward
 
