@@ -229,6 +229,12 @@ class MetaDistillModel(nn.Module):
             settings.base_model = getattr(config, "_name_or_path", None) or None
         return settings
 
+    def record_base_model(self, base_model: str) -> None:
+        """The base id saved with the checkpoint (and in PEFT's adapter config), e.g. a Hub id for a local copy."""
+        self.settings.base_model = base_model
+        for config in getattr(self.model, "peft_config", {}).values():
+            config.base_model_name_or_path = base_model
+
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """PEFT adapter (or full model with `inner_params="all"`) + `metaprompt_config.json`."""
         self.model.save_pretrained(save_directory, **kwargs)

@@ -165,7 +165,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     logger.info("Tasks: %d train, %d validation, %d test", len(train), len(validation), len(test))
 
     trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
-    trainer.meta_model.settings.base_model = base_id
+    trainer.meta_model.record_base_model(base_id)
     if not script_args.skip_training:
         trainer.train()
     trainer.save_model(config.output_dir)
