@@ -6,9 +6,10 @@ with one gradient step on the context. It is trained on the TRAIN people of the 
 ``context + "\\n" + question + answer (+ "\\n" + question + answer ...)`` and on the facts alone, tokenized segment
 by segment exactly as the library's collator does (``bos + tok(context + "\\n") + tok(query) + tok(answer)``).
 
-Example (the command that made the shipped model is in its README.md):
+Run from the repository root with the package installed (``pip install -e .``); the commands that made the
+shipped model, and what it measures, are in its README.md:
 
-    python examples/pretrain_tiny.py --max_steps 2000
+    python examples/pretrain_tiny.py --output_dir /tmp/tiny_base --num_threads 2
 """
 
 from __future__ import annotations
@@ -34,36 +35,45 @@ logger = logging.getLogger("pretrain_tiny")
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent.parent / "hf_metaprompt" / "assets" / "tiny_base"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-# Bytes past this size are stored in bfloat16 instead of float32, to keep the package small.
+# Models whose float32 weights exceed this are stored in bfloat16, to keep the package small.
 MAX_FLOAT32_BYTES = 8 * 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument(
+        "--init_from",
+        type=Path,
+        default=None,
+        help="Continue training a model saved by this script, with its tokenizer; the size arguments are then unused.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the world (load_tiny_world) and of training.")
     parser.add_argument("--facts_per_context", type=int, default=8)
     parser.add_argument(
-        "--min_facts_per_context", type=int, default=None, help="Draw each context's size in [min, facts_per_context]."
+        "--curriculum_steps",
+        type=int,
+        default=600,
+        help="Each context holds U[1, k_max] facts, k_max growing from 1 to --facts_per_context over these steps.",
     )
     parser.add_argument("--questions_per_context", type=int, default=4, help="Questions appended to each context.")
     parser.add_argument("--facts_only_fraction", type=float, default=0.1, help="Share of documents without questions.")
     parser.add_argument(
-        "--answer_loss_weight", type=float, default=1.0, help="Loss weight of answer tokens (others 1)."
+        "--answer_loss_weight", type=float, default=8.0, help="Loss weight of answer tokens (others 1)."
     )
     parser.add_argument("--vocab_size", type=int, default=1024, help="Upper bound; the world needs fewer tokens.")
     parser.add_argument("--tokenizer_documents", type=int, default=2000, help="Documents the tokenizer learns from.")
-    parser.add_argument("--hidden_size", type=int, default=192)
-    parser.add_argument("--intermediate_size", type=int, default=512)
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--intermediate_size", type=int, default=384)
     parser.add_argument("--num_hidden_layers", type=int, default=4)
-    parser.add_argument("--num_attention_heads", type=int, default=6)
+    parser.add_argument("--num_attention_heads", type=int, default=4)
     parser.add_argument("--max_position_embeddings", type=int, default=512)
-    parser.add_argument("--max_steps", type=int, default=2000)
+    parser.add_argument("--max_steps", type=int, default=4500)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--weight_decay", type=float, default=0.1)
-    parser.add_argument("--eval_steps", type=int, default=250, help="Log validation exact match every N steps.")
+    parser.add_argument("--eval_steps", type=int, default=500, help="Log validation exact match every N steps.")
     parser.add_argument("--num_eval_tasks", type=int, default=128, help="Validation tasks for the periodic check.")
     parser.add_argument("--num_threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -129,23 +139,28 @@ def iter_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless right-padded batches ``(input_ids, loss_weights)`` from the train people.
 
-    Documents are grouped by length (within a pool of several batches, batch order shuffled) so that contexts of
-    different sizes waste little compute on padding. No attention mask is needed: with causal attention and padding
-    on the right, real tokens never see padding, and padding carries zero loss weight.
+    Contexts start with a single fact and grow: copying from the context is found fast with one fact and is then
+    refined into picking the right fact among distractors, which random init does not find on 8-fact contexts in
+    our budget. Documents are grouped by length (within a pool of several batches, batch order shuffled) so that
+    little compute goes to padding. No attention mask is needed: with causal attention and padding on the right,
+    real tokens never see padding, and padding carries zero loss weight.
     """
     rng = random.Random(f"pretrain_tiny/{args.seed}/batches")
-    documents = iter_pretraining_documents(
-        args.seed, args.facts_per_context, args.questions_per_context, args.min_facts_per_context
-    )
-    pool_size = 8 * args.batch_size
-    while True:
+    streams = {
+        k: iter_pretraining_documents(args.seed, k, args.questions_per_context)
+        for k in range(1, args.facts_per_context + 1)
+    }
+    for pool_index in itertools.count():
+        ramp = min(1.0, pool_index * 8 / args.curriculum_steps) if args.curriculum_steps else 1.0
+        k_max = 1 + round(ramp * (args.facts_per_context - 1))
         encoded = []
-        for document in itertools.islice(documents, pool_size):
+        for _ in range(8 * args.batch_size):
+            document = next(streams[rng.randint(1, k_max)])
             if rng.random() < args.facts_only_fraction:
                 document = PretrainingDocument(context=document.context, questions=[])
             encoded.append(encode_document(tokenizer, document, args.answer_loss_weight))
         encoded.sort(key=lambda pair: len(pair[0]))
-        batches = [encoded[start : start + args.batch_size] for start in range(0, pool_size, args.batch_size)]
+        batches = [encoded[start : start + args.batch_size] for start in range(0, len(encoded), args.batch_size)]
         rng.shuffle(batches)
         for batch in batches:
             length = max(len(ids) for ids, _ in batch)
@@ -253,35 +268,41 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, args: arg
             break
 
 
-def write_model_card(output_dir: Path, args: argparse.Namespace, results: dict, facts: dict) -> None:
+def write_model_card(
+    output_dir: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, commands: list[str], results: dict
+) -> None:
     """README.md with how the model was made and what it measures, so the shipped numbers can be re-checked."""
-    command = "python examples/pretrain_tiny.py " + " ".join(
-        f"--{name} {value}" for name, value in sorted(vars(args).items()) if name != "output_dir"
-    )
+    config = model.config
+    dtype = str(model.dtype).removeprefix("torch.")
     rows = "\n".join(
         f"| {split} | {condition} | {scores['forward']:.3f} | {scores['reversed']:.3f} |"
         for (split, condition), scores in results.items()
     )
+    command_lines = "\n".join(commands)
     text = f"""---
 library_name: transformers
 tags: [hf_metaprompt, tiny-world, synthetic]
 ---
 # tiny_base: the embedded base model of hf_metaprompt
 
-A {facts["num_parameters"] / 1e6:.2f}M-parameter `LlamaForCausalLM` (random init, {args.num_hidden_layers} layers,
-hidden {args.hidden_size}, {args.num_attention_heads} heads) with a {facts["vocab_size"]}-token byte-level BPE
-tokenizer, stored in {facts["dtype"]}. It was trained from scratch by `examples/pretrain_tiny.py` on documents about
-the TRAIN people of `hf_metaprompt.data.tiny_world.load_tiny_world(seed={args.seed})` only: contexts of
-{args.facts_per_context} facts followed by {args.questions_per_context} questions of both directions, and the facts
-alone ({args.facts_only_fraction:.0%} of documents). Validation and test people were never seen, so it answers them
-only when the facts are in its prompt. Training took {facts["minutes"]:.1f} minutes on {args.num_threads} CPU threads.
+A {model.num_parameters() / 1e6:.2f}M-parameter `LlamaForCausalLM` ({config.num_hidden_layers} layers, hidden size
+{config.hidden_size}, {config.num_attention_heads} heads, tied embeddings) with a {len(tokenizer)}-token byte-level BPE
+tokenizer (`<s>` added in front by the post-processor, `</s>`, `<pad>`), stored in {dtype}.
+
+It was trained from random init by `examples/pretrain_tiny.py` on documents about the TRAIN people of
+`hf_metaprompt.data.tiny_world.load_tiny_world(seed=0)` only: a context of 1 to 8 facts (the maximum growing over the
+first `--curriculum_steps`) followed by up to `--questions_per_context` questions of both directions (answer tokens
+weighted `--answer_loss_weight` times in the loss), or the facts alone. Validation and test people were never seen, so
+it can answer them only when their facts are in its prompt.
 
 ## How it was made
+On one thread of a shared 2-core CPU (floating-point results can differ with the thread count); each command
+ends with its wall-clock time.
 ```
-{command}
+{command_lines}
 ```
 
-## Greedy exact match (`load_tiny_world(seed={args.seed})`, {args.facts_per_context} facts per context)
+## Greedy exact match (`load_tiny_world(seed=0)`, 8 facts per context, first 400 tasks of each split)
 Prompted = `bos + tok(context + "\\n") + tok(query)`; unprompted = `bos + tok(query)`.
 
 | split | condition | forward | reversed |
@@ -293,6 +314,14 @@ The unprompted numbers on `train` show how much the model memorised the people i
     (output_dir / "README.md").write_text(text)
 
 
+def previous_commands(init_from: Path | None) -> list[str]:
+    """The commands that made the model a run starts from, read back from its card."""
+    if init_from is None:
+        return []
+    card = (init_from / "README.md").read_text()
+    return card.split("```\n", 2)[1].split("```")[0].strip().splitlines()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -300,15 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.num_threads)
     started = time.monotonic()
 
-    documents = list(
-        itertools.islice(
-            iter_pretraining_documents(args.seed, args.facts_per_context, args.questions_per_context),
-            args.tokenizer_documents,
-        )
-    )
-    tokenizer = train_tokenizer(documents, args.vocab_size)
-    tokenizer.model_max_length = args.max_position_embeddings
-    model = build_model(tokenizer, args)
+    if args.init_from is None:
+        documents = iter_pretraining_documents(args.seed, args.facts_per_context, args.questions_per_context)
+        tokenizer = train_tokenizer(list(itertools.islice(documents, args.tokenizer_documents)), args.vocab_size)
+        tokenizer.model_max_length = args.max_position_embeddings
+        model = build_model(tokenizer, args)
+    else:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init_from)
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
     num_parameters = model.num_parameters()
     logger.info("tokenizer: %d tokens; model: %.2fM parameters", len(tokenizer), num_parameters / 1e6)
 
@@ -330,13 +358,16 @@ def main(argv: list[str] | None = None) -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
-    facts = {
-        "num_parameters": num_parameters,
-        "vocab_size": len(tokenizer),
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "minutes": minutes,
-    }
-    write_model_card(args.output_dir, args, results, facts)
+    command = "python examples/pretrain_tiny.py " + " ".join(
+        f"--{name} {value}" for name, value in sorted(vars(args).items()) if value is not None
+    )
+    write_model_card(
+        args.output_dir,
+        model,
+        tokenizer,
+        [*previous_commands(args.init_from), f"{command}  # {minutes:.0f} min"],
+        results,
+    )
     logger.info("saved to %s", args.output_dir)
 
 

@@ -236,33 +236,27 @@ class PretrainingDocument:
 
 
 def iter_pretraining_documents(
-    seed: int = 0, facts_per_context: int = 8, questions_per_context: int = 4, min_facts_per_context: int | None = None
+    seed: int = 0, facts_per_context: int = 8, questions_per_context: int = 4
 ) -> Iterator[PretrainingDocument]:
     """An endless stream of documents on the TRAIN people of ``build_world(seed)``, for pretraining the base.
 
     Validation and test people never appear, so a base trained on this stream can only answer them from a prompt.
-    With ``min_facts_per_context``, each context holds a uniformly drawn number of facts in
-    ``[min_facts_per_context, facts_per_context]``: short contexts make in-context lookup easier to discover, long
-    ones match the evaluation. Each document asks ``min(questions_per_context, facts)`` questions about distinct
-    people, directions drawn at random.
+    Each document asks ``min(questions_per_context, facts_per_context)`` questions about distinct people, the
+    first about the context's target, directions drawn at random. Streams for different context sizes are
+    independent, so a training curriculum can mix them.
     """
     _check_facts_per_context(facts_per_context)
-    min_facts = facts_per_context if min_facts_per_context is None else min_facts_per_context
-    if not 1 <= min_facts <= facts_per_context:
-        raise ValueError(
-            f"min_facts_per_context must be in [1, facts_per_context={facts_per_context}], got {min_facts}"
-        )
     if questions_per_context < 1:
         raise ValueError(f"questions_per_context must be positive, got {questions_per_context}")
     people = build_world(seed)["train"]
-    rng = random.Random(f"tiny_world/{seed}/pretraining")
-    samplers = {k: _ContextSampler(people, k, rng) for k in range(min_facts, facts_per_context + 1)}
+    rng = random.Random(f"tiny_world/{seed}/pretraining/{facts_per_context}")
+    sampler = _ContextSampler(people, facts_per_context, rng)
+    num_questions = min(questions_per_context, facts_per_context)
     while True:
-        sampler = samplers[rng.randint(min_facts, facts_per_context)]
         target = rng.choice(people)
         around = sampler.people_around(target)
         others = [person for person in around if person is not target]
-        asked = [target, *rng.sample(others, min(questions_per_context, len(around)) - 1)]
+        asked = [target, *rng.sample(others, num_questions - 1)]
         yield PretrainingDocument(
             context=sampler.context(around),
             questions=[person.question(rng.choice(DIRECTIONS), rng) for person in asked],
