@@ -47,6 +47,8 @@ class PromptTargetCollator:
         distill_on: `"answer"` or `"query_and_answer"`: which student positions are targets.
         context_separator: text between context and query in the teacher view.
         context_field / query_field / answer_field: example keys.
+        append_eos_to_answer: end each given answer with EOS, so that the position after the answer is distilled
+            too: without it the updated model learns the answer but not where it stops.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -59,6 +61,7 @@ class PromptTargetCollator:
     context_field: str = "context"
     query_field: str = "query"
     answer_field: str = "answer"
+    append_eos_to_answer: bool = True
     num_truncated_contexts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +87,7 @@ class PromptTargetCollator:
             context_field=args.context_field,
             query_field=args.query_field,
             answer_field=args.answer_field,
+            append_eos_to_answer=args.append_eos_to_answer,
         )
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -141,6 +145,7 @@ class PromptTargetCollator:
         contexts = self._encode([e[self.context_field] for e in examples])
         queries = self._encode([e[self.query_field] for e in examples])
         answers = self._encode([e.get(self.answer_field) or "" for e in examples])
+        eos = self.tokenizer.eos_token_id if self.append_eos_to_answer else None
         items = []
         for index, (context, query, answer) in enumerate(zip(contexts, queries, answers, strict=True)):
             if len(query) > self.max_query_length:
@@ -170,6 +175,8 @@ class PromptTargetCollator:
                 context = context[-self.max_context_length :]
             if len(self.special_prefix) + len(context) < 2:
                 raise ValueError(f"Example {index}: the context must span at least two tokens to learn from.")
+            if answer and eos is not None:
+                answer = [*answer, eos]
             items.append(_Tokenized(context, query, answer))
         return items
 

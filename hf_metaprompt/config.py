@@ -66,6 +66,9 @@ class MetaDistillConfig(TrainingArguments):
         max_answer_length (`int`, *optional*, defaults to `64`):
             Maximum number of answer tokens; a longer answer raises an error. Also the generation budget of the
             teacher when examples carry no answer (label-free mode).
+        append_eos_to_answer (`bool`, *optional*, defaults to `True`):
+            End each answer with EOS so that the teacher's prediction after the answer is distilled too: the updated
+            model then learns where an answer stops, not only the answer.
         context_truncation (`str`, *optional*, defaults to `"left"`):
             What to do with a context longer than `max_context_length`: `"left"` drops its oldest tokens (and counts
             them), `"error"` raises.
@@ -94,6 +97,10 @@ class MetaDistillConfig(TrainingArguments):
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Outer (meta) learning rate."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every trainable parameter takes part in each meta-step: no need to search the graph."},
+    )
 
     inner_lr: float = field(default=1e-2, metadata={"help": "Initial learning rate of the inner (absorbing) step."})
     learn_inner_lr: bool = field(
@@ -136,6 +143,9 @@ class MetaDistillConfig(TrainingArguments):
     max_query_length: int = field(default=128, metadata={"help": "Maximum query tokens (longer raises)."})
     max_answer_length: int = field(
         default=64, metadata={"help": "Maximum answer tokens (longer raises); teacher generation budget."}
+    )
+    append_eos_to_answer: bool = field(
+        default=True, metadata={"help": "Distil the position after the answer too, so the model learns to stop."}
     )
     context_truncation: str = field(
         default="left",

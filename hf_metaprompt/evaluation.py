@@ -87,6 +87,7 @@ class ConditionEvaluator:
             max_query_length=settings.max_query_length,
             max_answer_length=max(settings.max_answer_length, 256),
             context_separator=settings.context_separator,
+            append_eos_to_answer=False,  # the metric is the answer's own likelihood
         )
         self.show_progress = show_progress
         base = meta.teacher if meta.teacher is not None else meta.model.get_base_model()

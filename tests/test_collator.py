@@ -28,7 +28,8 @@ def test_views_line_up(tokenizer, distill_on):
         assert targets[-n:].all() and not targets[:-n].any()
         assert torch.equal(student[i, -n:], labels[i, -n:])
         assert torch.equal(teacher[i, -n:], student[i, -n:])
-        answer_ids = tokenizer(example["answer"], add_special_tokens=False)["input_ids"]
+        # The answer, then EOS: the position after the answer is a target too (the model learns to stop).
+        answer_ids = [*tokenizer(example["answer"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         assert student[i, -len(answer_ids) :].tolist() == answer_ids
         if distill_on == "answer":
             assert n == len(answer_ids)
@@ -43,6 +44,14 @@ def test_views_line_up(tokenizer, distill_on):
         inner = batch["context_input_ids"][i][batch["context_attention_mask"][i].bool()]
         assert tokenizer.decode(inner.tolist(), skip_special_tokens=True) == example["context"]
         assert batch["context_attention_mask"][i, 0] == 1
+
+
+def test_append_eos_can_be_turned_off(llama_tokenizer):
+    with_eos = PromptTargetCollator(llama_tokenizer)(EXAMPLES)
+    without = PromptTargetCollator(llama_tokenizer, append_eos_to_answer=False)(EXAMPLES)
+    assert ((with_eos["labels"] != -100).sum(-1) == (without["labels"] != -100).sum(-1) + 1).all()
+    assert (with_eos["student_input_ids"][:, -1] == llama_tokenizer.eos_token_id).all()
+    assert torch.equal(with_eos["student_input_ids"][:, -1 - 3 : -1], without["student_input_ids"][:, -3:])
 
 
 def test_bos_rules(llama_tokenizer, gpt2_tokenizer):
@@ -80,7 +89,7 @@ def test_context_truncation(llama_tokenizer):
     assert batch["context_attention_mask"][0].sum() == 40 + 1  # + BOS
     # The answer is intact.
     answer_ids = llama_tokenizer(long["answer"], add_special_tokens=False)["input_ids"]
-    assert batch["student_input_ids"][0, -len(answer_ids) :].tolist() == answer_ids
+    assert batch["student_input_ids"][0, -len(answer_ids) - 1 : -1].tolist() == answer_ids
     with pytest.raises(ValueError, match=r"Example 0: the context has \d+ tokens > max_context_length=40"):
         PromptTargetCollator(llama_tokenizer, max_context_length=40, context_truncation="error")([long])
 
