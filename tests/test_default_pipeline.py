@@ -1,0 +1,38 @@
+"""The embedded default, shortened: meta-training makes one step act like prompting on held-out people."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_metaprompt.pipeline import main
+
+
+def overall(rows: list[dict], condition: str) -> float:
+    """Exact match of a condition, averaged over directions (equal-sized)."""
+    values = [r["exact_match"] for r in rows if r["condition"] == condition]
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+def test_shortened_default_pipeline(tmp_path):
+    output_dir = tmp_path / "tiny-world"
+    rows = main(
+        [
+            "--output_dir", str(output_dir),
+            "--max_steps", "250",
+            "--max_eval_samples", "96",
+            "--max_validation_samples", "48",
+            "--plain_ft_lrs", "0.01", "0.1", "1.0",
+        ]
+    )  # fmt: skip
+    prompted, ours = overall(rows, "prompted"), overall(rows, "meta_1step")
+    plain_ft = max(overall(rows, "plain_ft_1step"), overall(rows, "plain_ft_5step"))
+    floor = overall(rows, "no_context")
+    assert prompted > ours > plain_ft, (prompted, ours, plain_ft)
+    assert overall(rows, "meta_no_step") <= floor + 0.05
+    for name in ("adapter_model.safetensors", "metaprompt_config.json", "eval_results.json", "eval_results.png"):
+        assert (output_dir / name).is_file(), name
+    assert json.loads((output_dir / "eval_results.json").read_text()) == rows
+    assert "base_model: hf_metaprompt/tiny-base" in (output_dir / "README.md").read_text()
