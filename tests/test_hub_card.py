@@ -111,7 +111,7 @@ def test_usage_code_is_valid_python():
     }
     assert ast.literal_eval(calls["from_pretrained"].args[0]) == REPO_ID
     assert ast.literal_eval(calls["absorb"].args[0]) == 'He said "hi".\nThen left \\ quietly.'
-    assert ast.literal_eval(calls["generate"].args[0]) == "Who's there?"
+    assert ast.literal_eval(calls["ask"].args[0]) == "Who's there?"
     assert code.startswith("from hf_metaprompt import MetaPromptModel\n")
 
 
@@ -120,7 +120,8 @@ def test_card_from_metaprompt_settings():
     settings = asdict(MetaPromptSettings(base_model=BASE_MODEL, context_separator="\n|", inner_lrs={"q_proj": 0.02}))
     card = build_model_card(**_card_kwargs(inner_settings=settings))
     lines = card.text[card.text.index("| setting | value |") :].split("\n\n")[0].splitlines()
-    assert len(lines) == 2 + len([k for k in settings if k not in ("base_model", "inner_lrs")])
+    scalars = [k for k, v in settings.items() if k != "base_model" and not isinstance(v, dict)]
+    assert len(lines) == 2 + len(scalars)
     assert all(line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 1 for line in lines[2:])
     assert "| `context_separator` | \\n\\| |" in lines
     assert "| `q_proj` | 0.02 |" in card.text
