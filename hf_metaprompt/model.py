@@ -169,8 +169,13 @@ class MetaPromptModel(nn.Module):
         with use_fast_weights(self.fast_weights):
             return self.meta.model.generate(*args, **kwargs)
 
-    def ask(self, queries: str | Sequence[str], max_new_tokens: int | None = None) -> str | list[str]:
-        """Greedy answer(s) to `queries`, given only what was absorbed (the texts are not in the prompt)."""
+    def ask(
+        self, queries: str | Sequence[str], max_new_tokens: int | None = None, stop: str | None = "\n"
+    ) -> str | list[str]:
+        """Greedy answer(s) to `queries`, given only what was absorbed (the texts are not in the prompt).
+
+        Each answer ends before `stop` (a new line by default: models tend to go on with the next question).
+        """
         single = isinstance(queries, str)
         queries = [queries] if single else list(queries)
         prefix = special_prefix_ids(self.tokenizer)
@@ -185,6 +190,8 @@ class MetaPromptModel(nn.Module):
             eos_token_id=self.tokenizer.eos_token_id,
         )
         answers = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        if stop:
+            answers = [answer.split(stop)[0] for answer in answers]
         return answers[0] if single else answers
 
     # ----- saving
