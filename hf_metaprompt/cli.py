@@ -76,7 +76,7 @@ def _train(argv: list[str]) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import format_table, save_results
     from .model import MetaPromptModel
-    from .pipeline import ScriptArguments, _cap, evaluate_all, load_task
+    from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
 
     model = MetaPromptModel.from_pretrained(args.checkpoint)
     script_args = ScriptArguments(
@@ -86,8 +86,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     rows = evaluate_all(
         model.meta,
         model.tokenizer,
-        _cap(splits["validation"], args.max_validation_samples, args.seed),
-        _cap(splits["test"], args.max_eval_samples, args.seed),
+        take_subset(splits["validation"], args.max_validation_samples, args.seed),
+        take_subset(splits["test"], args.max_eval_samples, args.seed),
         task=args.task,
         conditions=args.conditions,
         contexts_per_update=args.contexts_per_update,

@@ -140,7 +140,8 @@ def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:
     return datasets.DatasetDict(train=train, validation=halves["train"], test=halves["test"])
 
 
-def _cap(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+def take_subset(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+    """A seeded random subset of at most `limit` rows (the same rows for the same seed, in every command)."""
     if limit is None or limit >= len(dataset):
         return dataset
     return dataset.shuffle(seed=seed).select(range(limit))
@@ -159,9 +160,9 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, **(config.model_init_kwargs or {}))
     splits = load_task(script_args, config.seed)
-    train = _cap(splits["train"], script_args.max_train_samples, config.seed)
-    validation = _cap(splits["validation"], script_args.max_validation_samples, config.seed)
-    test = _cap(splits["test"], script_args.max_eval_samples, config.seed)
+    train = take_subset(splits["train"], script_args.max_train_samples, config.seed)
+    validation = take_subset(splits["validation"], script_args.max_validation_samples, config.seed)
+    test = take_subset(splits["test"], script_args.max_eval_samples, config.seed)
     logger.info("Tasks: %d train, %d validation, %d test", len(train), len(validation), len(test))
 
     trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
