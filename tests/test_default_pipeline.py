@@ -9,9 +9,9 @@ import pytest
 from hf_metaprompt.pipeline import main
 
 
-def overall(rows: list[dict], condition: str) -> float:
-    """Exact match of a condition, averaged over directions (equal-sized)."""
-    values = [r["exact_match"] for r in rows if r["condition"] == condition]
+def overall(rows: list[dict], condition: str, direction: str | None = None) -> float:
+    """Exact match of a condition, averaged over directions (or in one direction)."""
+    values = [r["exact_match"] for r in rows if r["condition"] == condition and direction in (None, r["direction"])]
     return sum(values) / len(values)
 
 
@@ -27,10 +27,15 @@ def test_shortened_default_pipeline(tmp_path):
             "--plain_ft_lrs", "0.01", "0.1", "1.0",
         ]
     )  # fmt: skip
-    prompted, ours = overall(rows, "prompted"), overall(rows, "meta_1step")
     plain_ft = max(overall(rows, "plain_ft_1step"), overall(rows, "plain_ft_5step"))
     floor = overall(rows, "no_context")
-    assert prompted > ours > plain_ft, (prompted, ours, plain_ft)
+    # One step does what prompting does, plain fine-tuning does not. Not `prompted > ours`: in the reversed direction
+    # the meta-trained student measurably beats its prompted teacher (README), so closeness is what is asserted.
+    for direction in ("forward", "reversed"):
+        prompted, ours = overall(rows, "prompted", direction), overall(rows, "meta_1step", direction)
+        assert ours >= 0.75 * prompted, (direction, prompted, ours)
+    assert overall(rows, "meta_1step") >= 0.9 * overall(rows, "prompted")
+    assert overall(rows, "meta_1step") > plain_ft + 0.5, plain_ft
     assert overall(rows, "meta_no_step") <= floor + 0.05
     for name in ("adapter_model.safetensors", "metaprompt_config.json", "eval_results.json", "eval_results.png"):
         assert (output_dir / name).is_file(), name
