@@ -218,3 +218,22 @@ def test_zero3_is_refused(tmp_path, llama_tokenizer):
     args.deepspeed = {"zero_optimization": {"stage": 3}}
     with pytest.raises(ValueError, match="ZeRO-3 is not supported"):
         MetaDistillTrainer(model=peaky_model(), args=args, processing_class=llama_tokenizer)
+
+
+def test_separate_teacher_model(tmp_path, llama_tokenizer):
+    teacher_dir = tmp_path / "teacher"
+    peaky_model(seed=1).save_pretrained(teacher_dir)
+    trainer = make_trainer(tmp_path, llama_tokenizer, max_steps=1, teacher=str(teacher_dir))
+    assert trainer.meta_model.teacher is not None and not any(
+        p.requires_grad for p in trainer.meta_model.teacher.parameters()
+    )
+    own_teacher = make_trainer(tmp_path / "own", llama_tokenizer, max_steps=1)
+    # A different teacher gives different targets, hence a different loss on the same tasks.
+    assert trainer.evaluate()["eval_loss"] != pytest.approx(own_teacher.evaluate()["eval_loss"], rel=1e-3)
+    trainer.train()
+
+    other_vocab = tiny_model("llama")
+    other_vocab.resize_token_embeddings(301)
+    other_vocab.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="share a tokenizer"):
+        make_trainer(tmp_path, llama_tokenizer, teacher=str(tmp_path / "other"))
