@@ -31,7 +31,9 @@ from transformers import PreTrainedTokenizerBase
 
 from .collator import PromptTargetCollator
 from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
+from .hub import RESULTS_FILE_NAME
 from .inner import inner_update
+from .losses import token_logprobs
 from .metrics import exact_match, token_f1
 from .modeling import IGNORE_INDEX, MetaDistillModel, causal_logits, target_window
 
@@ -40,7 +42,6 @@ logger = logging.getLogger(__name__)
 CONDITIONS = ("no_context", "prompted", "plain_ft_1step", "plain_ft_5step", "meta_no_step", "meta_1step")
 PLAIN_FT_STEPS = {"plain_ft_1step": 1, "plain_ft_5step": 5}
 DEFAULT_PLAIN_FT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-RESULTS_NAME = "eval_results.json"
 PLOT_NAME = "eval_results.png"
 
 
@@ -242,7 +243,7 @@ def _answer_logprobs(
     logits = causal_logits(model, input_ids, attention_mask, keep)
     targets = labels[:, -keep + 1 :]
     valid = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logp = token_logprobs(logits, targets.clamp(min=0))
     return (logp * valid).sum(-1) / valid.sum(-1).clamp(min=1)
 
 
@@ -322,7 +323,7 @@ def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / RESULTS_NAME
+    json_path = output_dir / RESULTS_FILE_NAME
     json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
 
     groups = sorted({(r["task"], r["direction"]) for r in rows})

@@ -32,6 +32,7 @@ _ROW_REQUIRED_KEYS = ("task", "condition")
 _ROW_NUMERIC_KEYS = ("exact_match", "f1", "answer_logprob", "n")
 # Shown first in the inner-loop table, in this order; any other scalar setting follows.
 _INNER_KEYS_FIRST = ("inner_params", "inner_steps", "inner_lr", "learn_inner_lr", "min_inner_lr", "max_inner_lr")
+RESULTS_FILE_NAME = "eval_results.json"  # written by `evaluation.save_results`, read back for the card
 _EXAMPLE_CONTEXT = "Ada Lovelace was born in London in 1815. She wrote the first published computer program."
 _EXAMPLE_QUESTION = "Where was Ada Lovelace born?"
 
@@ -259,6 +260,29 @@ def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
+def write_checkpoint_card(
+    folder: str | os.PathLike,
+    settings: Any,
+    repo_id: str,
+    eval_results: Sequence[Mapping[str, Any]] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """The card of a saved checkpoint, from its `MetaPromptSettings`; results from `eval_results.json` unless given."""
+    folder = Path(folder)
+    results_file = folder / RESULTS_FILE_NAME
+    if eval_results is None and results_file.is_file():
+        eval_results = json.loads(results_file.read_text())
+    return write_model_card(
+        folder,
+        repo_id=repo_id,
+        base_model=settings.base_model or "",
+        inner_settings=asdict(settings),
+        eval_results=eval_results,
+        library_name="peft" if settings.inner_params == "lora" else "transformers",
+        **kwargs,
+    )
+
+
 def push_checkpoint(
     folder: str | os.PathLike,
     repo_id: str,
@@ -278,17 +302,7 @@ def push_checkpoint(
     from .settings import MetaPromptSettings
 
     folder = Path(folder)
-    settings = MetaPromptSettings.load(folder)
-    results_file = folder / "eval_results.json"
-    write_model_card(
-        folder,
-        repo_id=repo_id,
-        base_model=settings.base_model or "",
-        inner_settings=asdict(settings),
-        eval_results=json.loads(results_file.read_text()) if results_file.is_file() else None,
-        command=command,
-        library_name="peft" if settings.inner_params == "lora" else "transformers",
-    )
+    write_checkpoint_card(folder, MetaPromptSettings.load(folder), repo_id, command=command)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(

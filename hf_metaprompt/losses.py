@@ -61,18 +61,23 @@ def distillation_divergence(
     raise ValueError(f"Unknown distillation loss {kind!r}; use 'forward_kl', 'reverse_kl' or 'jsd'.")
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target token under `logits` (same leading shape).
+
+    Not `F.cross_entropy` over a [batch, vocab, length] view: the same value, but the inner step's double backward
+    through it holds one more [tokens, vocab] tensor and runs slower (benchmarks/bench_meta_step.py: meta-step
+    -9% memory, -18% time on CPU).
+    """
+    return F.log_softmax(_upcast(logits), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def sequence_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL of each sequence (shape `[batch]`): the plain fine-tuning loss, one value per task.
 
     Summing these (rather than averaging over the batch) gives each task the gradient it would get alone.
     """
-    shift_logits = _upcast(logits[:, :-1])
-    targets = input_ids[:, 1:]
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
-    # Not `F.cross_entropy` over a [batch, vocab, length] view: the same value, but the inner step's double backward
-    # through it holds one more [tokens, vocab] tensor and runs slower (benchmarks/bench_meta_step.py: meta-step
-    # -9% memory, -18% time on CPU).
-    token_nll = -F.log_softmax(shift_logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_nll = -token_logprobs(logits[:, :-1], input_ids[:, 1:])
     counts = valid.sum(-1)
     if bool((counts == 0).any()):
         raise ValueError("Every context needs at least two tokens to take a next-token loss on.")

@@ -44,6 +44,7 @@ class MetaPromptModel(nn.Module):
         self.meta = meta
         self.tokenizer = tokenizer
         self.fast_weights: FastWeights | None = None
+        self._prefix = special_prefix_ids(tokenizer)
         self.meta.requires_grad_(False)
         self.meta.eval()
 
@@ -141,7 +142,7 @@ class MetaPromptModel(nn.Module):
         return fast_weights
 
     def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        prefix = special_prefix_ids(self.tokenizer)
+        prefix = self._prefix
         rows = []
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -178,7 +179,7 @@ class MetaPromptModel(nn.Module):
         """
         single = isinstance(queries, str)
         queries = [queries] if single else list(queries)
-        prefix = special_prefix_ids(self.tokenizer)
+        prefix = self._prefix
         rows = [prefix + self.tokenizer(q, add_special_tokens=False)["input_ids"] for q in queries]
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=True)
         width = input_ids.shape[1]

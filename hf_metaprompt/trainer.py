@@ -8,7 +8,6 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from .collator import PromptTargetCollator, pad_token_id
 from .config import MetaDistillConfig
-from .evaluation import RESULTS_NAME
-from .hub import DEFAULT_TAGS, write_model_card
+from .hub import DEFAULT_TAGS, write_checkpoint_card
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
 
@@ -230,21 +228,15 @@ class MetaDistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         output_dir = Path(self.args.output_dir)
-        results_file = output_dir / RESULTS_NAME
-        if eval_results is None and results_file.is_file():
-            eval_results = json.loads(results_file.read_text())
-        settings = self.meta_model.current_settings()
         examples = {"example_context": example_context, "example_question": example_question}
-        write_model_card(
+        write_checkpoint_card(
             output_dir,
+            self.meta_model.current_settings(),
             repo_id=self.hub_model_id or self.args.hub_model_id or model_name or output_dir.name,
-            base_model=settings.base_model or "",
-            inner_settings=asdict(settings),
             eval_results=eval_results,
             datasets=[dataset_name] if dataset_name else None,
             command=command,
             tags=[tag for tag in (*self._tag_names, *_as_list(tags)) if tag not in DEFAULT_TAGS],
-            library_name="peft" if settings.inner_params == "lora" else "transformers",
             **{k: v for k, v in examples.items() if v},
         )
 
