@@ -49,7 +49,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Continue training a model saved by this script, with its tokenizer; the size arguments are then unused.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the world (load_tiny_world) and of training.")
-    parser.add_argument("--facts_per_context", type=int, default=8)
+    parser.add_argument("--facts_per_context", type=int, default=8, help="Most facts in one pretraining context.")
+    parser.add_argument(
+        "--min_facts_per_context",
+        type=int,
+        default=1,
+        help="Fewest facts in one pretraining context once the curriculum has ramped up.",
+    )
+    parser.add_argument(
+        "--eval_facts",
+        type=int,
+        nargs="+",
+        default=[8, 16],
+        help="Facts per context of the final measurement table (8 = one text of the tiny world, 16 = two).",
+    )
     parser.add_argument(
         "--curriculum_steps",
         type=int,
@@ -79,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.facts_only_fraction < 1.0:
         parser.error("--facts_only_fraction must be in [0, 1)")
+    if not 1 <= args.min_facts_per_context <= args.facts_per_context:
+        parser.error("--min_facts_per_context must be in [1, --facts_per_context]")
     if args.hidden_size % args.num_attention_heads:
         parser.error("--hidden_size must be a multiple of --num_attention_heads")
     return args
@@ -153,9 +168,10 @@ def iter_batches(
     for pool_index in itertools.count():
         ramp = min(1.0, pool_index * 8 / args.curriculum_steps) if args.curriculum_steps else 1.0
         k_max = 1 + round(ramp * (args.facts_per_context - 1))
+        k_min = min(args.min_facts_per_context, k_max)
         encoded = []
         for _ in range(8 * args.batch_size):
-            document = next(streams[rng.randint(1, k_max)])
+            document = next(streams[rng.randint(k_min, k_max)])
             if rng.random() < args.facts_only_fraction:
                 document = PretrainingDocument(context=document.context, questions=[])
             encoded.append(encode_document(tokenizer, document, args.answer_loss_weight))
@@ -239,7 +255,11 @@ def build_model(tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) ->
 
 
 def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) -> None:
-    """AdamW with warmup and cosine decay; logs validation exact match (prompted) every ``eval_steps``."""
+    """AdamW with warmup and cosine decay; logs validation exact match (prompted) every ``eval_steps``.
+
+    At each evaluation the model is also saved to ``output_dir/latest`` (no card), so a run that must stop early
+    leaves a usable model.
+    """
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embed" not in name]
     no_decay = [p for name, p in model.named_parameters() if p.ndim < 2 or "embed" in name]
     optimizer = torch.optim.AdamW(
@@ -248,8 +268,12 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, args: arg
         betas=(0.9, 0.95),
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
-    validation = load_tiny_world(args.seed, num_train=0, facts_per_context=args.facts_per_context)["validation"]
-    validation = validation.select(range(min(args.num_eval_tasks, len(validation))))
+    validation = {
+        facts: load_tiny_world(args.seed, num_train=0, num_test=0, facts_per_context=facts)["validation"].select(
+            range(args.num_eval_tasks)
+        )
+        for facts in args.eval_facts
+    }
     model.train()
     progress = tqdm(iter_batches(tokenizer, args), total=args.max_steps, desc="pretraining")
     for step, (input_ids, weights) in enumerate(progress, start=1):
@@ -262,8 +286,13 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, args: arg
         optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{loss.item():.3f}")
         if step % args.eval_steps == 0 or step == args.max_steps:
-            scores = exact_match(model, tokenizer, validation, prompted=True)
-            logger.info("step %d loss %.4f validation prompted exact match %s", step, loss.item(), scores)
+            for facts, tasks in validation.items():
+                scores = exact_match(model, tokenizer, tasks, prompted=True)
+                logger.info(
+                    "step %d loss %.4f validation prompted exact match, %d facts: %s", step, loss.item(), facts, scores
+                )
+            model.save_pretrained(args.output_dir / "latest")
+            tokenizer.save_pretrained(args.output_dir / "latest")
         if step == args.max_steps:
             break
 
@@ -275,8 +304,8 @@ def write_model_card(
     config = model.config
     dtype = str(model.dtype).removeprefix("torch.")
     rows = "\n".join(
-        f"| {split} | {condition} | {scores['forward']:.3f} | {scores['reversed']:.3f} |"
-        for (split, condition), scores in results.items()
+        f"| {facts} | {split} | {condition} | {scores['forward']:.3f} | {scores['reversed']:.3f} |"
+        for (facts, split, condition), scores in results.items()
     )
     command_lines = "\n".join(commands)
     text = f"""---
@@ -302,11 +331,12 @@ ends with its wall-clock time.
 {command_lines}
 ```
 
-## Greedy exact match (`load_tiny_world(seed=0)`, 8 facts per context, first 400 tasks of each split)
-Prompted = `bos + tok(context + "\\n") + tok(query)`; unprompted = `bos + tok(query)`.
+## Greedy exact match (`load_tiny_world(seed=0, facts_per_context=F)`, first 400 tasks of each split)
+Prompted = `bos + tok(context + "\\n") + tok(query)`; unprompted = `bos + tok(query)`. 8 facts are one text of the
+tiny world, 16 facts two texts' worth.
 
-| split | condition | forward | reversed |
-|---|---|---|---|
+| facts F | split | condition | forward | reversed |
+|---|---|---|---|---|
 {rows}
 
 The unprompted numbers on `train` show how much the model memorised the people it was trained on.
@@ -347,13 +377,14 @@ def main(argv: list[str] | None = None) -> None:
     # Measure what is shipped: cast first when the float32 weights would be too big.
     if num_parameters * 4 > MAX_FLOAT32_BYTES:
         model = model.to(torch.bfloat16)
-    splits = load_tiny_world(args.seed, facts_per_context=args.facts_per_context)
     results = {}
-    for split in ("test", "validation", "train"):
-        tasks = splits[split].select(range(min(400, len(splits[split]))))
-        for condition, prompted in (("prompted", True), ("unprompted", False)):
-            results[(split, condition)] = exact_match(model, tokenizer, tasks, prompted=prompted)
-            logger.info("%s %s exact match: %s", split, condition, results[(split, condition)])
+    for facts in args.eval_facts:
+        splits = load_tiny_world(args.seed, num_train=400, facts_per_context=facts)
+        for split in ("test", "validation", "train"):
+            for condition, prompted in (("prompted", True), ("unprompted", False)):
+                scores = exact_match(model, tokenizer, splits[split], prompted=prompted)
+                results[(facts, split, condition)] = scores
+                logger.info("%d facts, %s %s exact match: %s", facts, split, condition, scores)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output_dir)
