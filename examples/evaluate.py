@@ -1,7 +1,7 @@
 """Evaluate a saved meta-trained checkpoint on any task, under every condition.
 
 python examples/evaluate.py outputs/tiny-world --task tiny_world
-python examples/evaluate.py outputs/tiny-world --task tiny_world --contexts_per_update 4
+python examples/evaluate.py outputs/tiny-world --task tiny_world --texts_absorbed 1 2 4 8 16
 python examples/evaluate.py outputs/reversal --task reversal --dataset_name ../shared/data/reversal_curse
 """
 

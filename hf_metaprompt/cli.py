@@ -1,7 +1,7 @@
 """`hf-metaprompt`: train, evaluate, absorb-and-ask, push.
 
 hf-metaprompt train [run_meta.py flags]
-hf-metaprompt eval CHECKPOINT --task tiny_world [--contexts_per_update 4]
+hf-metaprompt eval CHECKPOINT --task tiny_world [--texts_absorbed 1 2 4 8 16]
 hf-metaprompt absorb CHECKPOINT --text notes.txt --ask "Q: Who is the baker from Lisbon?\\nA:"
 hf-metaprompt push CHECKPOINT user/my-metaprompt-model
 """
@@ -48,7 +48,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max_eval_samples", type=int, default=200)
     evaluate.add_argument("--max_validation_samples", type=int, default=100)
     evaluate.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
-    evaluate.add_argument("--contexts_per_update", type=int, default=1, help="contexts absorbed before asking")
+    evaluate.add_argument(
+        "--texts_absorbed", type=int, nargs="+", default=[1], help="texts absorbed one after another before asking"
+    )
     evaluate.add_argument("--batch_size", type=int, default=32)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output_dir", help="where to write eval_results.json and the plot")
@@ -74,7 +76,7 @@ def _train(argv: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import format_table, save_results
+    from .evaluation import format_curve, format_table, save_results
     from .model import MetaPromptModel
     from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
 
@@ -90,12 +92,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         take_subset(splits["test"], args.max_eval_samples, args.seed),
         task=args.task,
         conditions=args.conditions,
-        contexts_per_update=args.contexts_per_update,
+        texts_absorbed=args.texts_absorbed,
         batch_size=args.batch_size,
     )
-    for row in rows:
-        row["contexts_per_update"] = args.contexts_per_update
     logger.info("Results:\n%s", format_table(rows))
+    if len(args.texts_absorbed) > 1:
+        logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
     if args.output_dir:
         save_results(rows, args.output_dir)
     print(json.dumps(rows, indent=2))

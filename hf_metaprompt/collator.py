@@ -49,6 +49,10 @@ class PromptTargetCollator:
         context_field / query_field / answer_field: example keys.
         append_eos_to_answer: end each given answer with EOS, so that the position after the answer is distilled
             too: without it the updated model learns the answer but not where it stops.
+        texts_per_episode: group each run of this many consecutive examples into an episode (their contexts are
+            absorbed one after another, see `MetaDistillConfig.texts_per_episode`). A dataset maps to episodes in
+            order: shuffle it (the Trainer does) and consecutive rows become an episode. A batch whose size is not a
+            multiple drops its last, incomplete episode (logged).
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -62,11 +66,14 @@ class PromptTargetCollator:
     query_field: str = "query"
     answer_field: str = "answer"
     append_eos_to_answer: bool = True
+    texts_per_episode: int = 1
     num_truncated_contexts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.context_truncation not in ("left", "error"):
             raise ValueError(f"`context_truncation` must be 'left' or 'error', got {self.context_truncation!r}.")
+        if not isinstance(self.texts_per_episode, int) or self.texts_per_episode < 1:
+            raise ValueError(f"`texts_per_episode` must be a positive integer, got {self.texts_per_episode!r}.")
         if self.distill_on not in ("answer", "query_and_answer"):
             raise ValueError(f"`distill_on` must be 'answer' or 'query_and_answer', got {self.distill_on!r}.")
         self.pad_token_id = pad_token_id(self.tokenizer)
@@ -88,11 +95,13 @@ class PromptTargetCollator:
             query_field=args.query_field,
             answer_field=args.answer_field,
             append_eos_to_answer=args.append_eos_to_answer,
+            texts_per_episode=args.texts_per_episode,
         )
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(examples) == 0:
             raise ValueError("PromptTargetCollator got an empty batch.")
+        examples = self._whole_episodes(examples)
         labelled = self._check(examples)
         items = self._tokenize(examples)
         prefix, sep = self.special_prefix, self.separator_ids
@@ -110,6 +119,23 @@ class PromptTargetCollator:
         return batch
 
     # ----- validation & tokenization ---------------------------------------------------------------------------------
+    def _whole_episodes(self, examples: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        texts = self.texts_per_episode
+        if len(examples) < texts:
+            raise ValueError(
+                f"A batch of {len(examples)} examples cannot hold one episode of texts_per_episode={texts}: raise "
+                "the batch size to a multiple of texts_per_episode."
+            )
+        whole = len(examples) - len(examples) % texts
+        if whole < len(examples):
+            logger.warning(
+                "Batch of %d examples: dropping the last %d (an incomplete episode of %d texts).",
+                len(examples),
+                len(examples) - whole,
+                texts,
+            )
+        return examples[:whole]
+
     def _check(self, examples: Sequence[Mapping[str, Any]]) -> bool:
         has_answer = []
         for index, example in enumerate(examples):

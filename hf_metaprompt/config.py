@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .settings import DISTILL_LOSSES, DISTILL_ON, INNER_PARAMS, MetaPromptSettings
+from .settings import DISTILL_LOSSES, DISTILL_ON, INNER_PARAMS, TEXT_COMPOSITIONS, MetaPromptSettings
 
 CONTEXT_TRUNCATION = ("left", "error")
 
@@ -37,10 +37,22 @@ class MetaDistillConfig(TrainingArguments):
             Outer-optimizer learning rate of the log inner learning rates. `None` means `learning_rate`.
         inner_steps (`int`, *optional*, defaults to `1`):
             Number of inner gradient steps on the context.
+        texts_per_episode (`int`, *optional*, defaults to `1`):
+            Texts absorbed one after another per meta-training episode: each run of `texts_per_episode` consecutive
+            tasks of a batch is an episode (their contexts absorbed in order, each continuing from the previous fast
+            weights), then the questions of all its tasks are asked, each distilled from the base prompted with its
+            own text. The batch size must be a multiple of it. A checkpoint meta-trained with 1 holds one text.
+        text_composition (`str`, *optional*, defaults to `"sequential"`):
+            How several texts combine, in meta-training episodes and when absorbing: `"sequential"` (each text's step
+            starts from the weights the previous text left) or `"additive"` (each text's update is computed from the
+            meta-trained weights and the updates add up: absorbing N texts is one gradient step on the sum of their
+            losses, whatever their order; needs `inner_steps=1`).
         first_order (`bool`, *optional*, defaults to `False`):
             Treat the inner gradient as a constant (first-order MAML): cheaper, measured clearly worse.
         inner_params (`str`, *optional*, defaults to `"lora"`):
-            Which parameters the inner step updates: `"lora"` (the meta-learned LoRA adapter) or `"all"` (every
+            Which parameters the inner step updates: `"lora"` (the meta-learned LoRA adapter), `"base"` (the frozen
+            base model's linear layers, full rank, while the meta-learned LoRA adapter shapes how texts are written
+            and read: more room to hold several texts, more memory per task) or `"all"` (every
             linear layer of the model; only sensible for small models).
         lora_r (`int`, *optional*, defaults to `8`):
             LoRA rank of the meta-learned adapter (when `inner_params="lora"` and no `peft_config` is given).
@@ -116,6 +128,21 @@ class MetaDistillConfig(TrainingArguments):
         default=None, metadata={"help": "Outer learning rate of the log inner LRs. Default: learning_rate."}
     )
     inner_steps: int = field(default=1, metadata={"help": "Number of inner gradient steps on the context."})
+    texts_per_episode: int = field(
+        default=1,
+        metadata={
+            "help": "Texts absorbed one after another per episode (consecutive tasks of a batch); the questions of "
+            "all of them are asked after the last. The batch size must be a multiple of it."
+        },
+    )
+    text_composition: str = field(
+        default="sequential",
+        metadata={
+            "help": "How several texts combine: 'sequential' (each step starts where the previous text left the "
+            "weights) or 'additive' (updates computed from the meta-trained weights add up; needs inner_steps=1).",
+            "choices": list(TEXT_COMPOSITIONS),
+        },
+    )
     first_order: bool = field(
         default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
     )
@@ -170,6 +197,15 @@ class MetaDistillConfig(TrainingArguments):
         if self.max_inner_lr is None:
             self.max_inner_lr = self.inner_lr * 10
         _check_positive(self, "inner_lr", "inner_steps", "lora_r", "lora_alpha", "distill_temperature")
+        _check_positive(self, "texts_per_episode")
+        if not isinstance(self.texts_per_episode, int):
+            raise ValueError(f"`texts_per_episode` must be an integer, got {self.texts_per_episode!r}.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, name) % self.texts_per_episode:
+                raise ValueError(
+                    f"`{name}`={getattr(self, name)} is not a multiple of texts_per_episode={self.texts_per_episode}: "
+                    "a batch holds whole episodes."
+                )
         _check_positive(self, "max_context_length", "max_query_length", "max_answer_length")
         if self.inner_lr_learning_rate is not None:
             _check_positive(self, "inner_lr_learning_rate")
@@ -185,6 +221,12 @@ class MetaDistillConfig(TrainingArguments):
         if not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(f"`jsd_beta` must be in (0, 1), got {self.jsd_beta}.")
         _check_choice(self, "inner_params", INNER_PARAMS)
+        _check_choice(self, "text_composition", TEXT_COMPOSITIONS)
+        if self.text_composition == "additive" and self.inner_steps != 1:
+            raise ValueError(
+                f"text_composition='additive' adds one gradient step per text; got inner_steps={self.inner_steps}. "
+                "Set inner_steps=1 or text_composition='sequential'."
+            )
         _check_choice(self, "distill_loss", DISTILL_LOSSES)
         _check_choice(self, "distill_on", DISTILL_ON)
         _check_choice(self, "context_truncation", CONTEXT_TRUNCATION)
@@ -209,6 +251,8 @@ class MetaDistillConfig(TrainingArguments):
             min_inner_lr=self.min_inner_lr,
             max_inner_lr=self.max_inner_lr,
             inner_steps=self.inner_steps,
+            texts_per_episode=self.texts_per_episode,
+            text_composition=self.text_composition,
             first_order=self.first_order,
             distill_loss=self.distill_loss,
             jsd_beta=self.jsd_beta,

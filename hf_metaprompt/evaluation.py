@@ -3,13 +3,17 @@
 Conditions (for each task: a context, a query, a gold answer):
 - `no_context`: the base model asked without the context (the floor);
 - `prompted`: the base model with context + query (the ceiling: the teacher);
+- `prompted_all`: the base model prompted with the texts of all tasks absorbed together (their contexts joined,
+  truncated from the left to `max_context_length`): what prompting does when several texts must be held;
 - `plain_ft_1step` / `plain_ft_5step`: the base model after 1 / 5 SGD steps of next-token loss on the context, over
   every linear layer, learning rate swept on validation data;
 - `meta_no_step`: the meta-trained model asked without the context and without an update (must stay at the floor,
   or the adapter leaked answers);
 - `meta_1step`: the meta-trained model after its inner step(s) on the context (the method).
 
-Every task gets its own update, computed for the whole batch in one pass (fast weights).
+Every task gets its own update, computed for the whole batch in one pass (fast weights). With `texts_absorbed=N`,
+each run of N consecutive tasks shares one state that absorbs their N contexts one after another before all N
+questions are asked; rows then also report the first text's questions alone (`questions="first_text"`: retention).
 """
 
 from __future__ import annotations
@@ -39,7 +43,18 @@ from .modeling import IGNORE_INDEX, MetaDistillModel, causal_logits, target_wind
 
 logger = logging.getLogger(__name__)
 
-CONDITIONS = ("no_context", "prompted", "plain_ft_1step", "plain_ft_5step", "meta_no_step", "meta_1step")
+CONDITIONS = (
+    "no_context",
+    "prompted",
+    "prompted_all",
+    "plain_ft_1step",
+    "plain_ft_5step",
+    "meta_no_step",
+    "meta_1step",
+)
+# Conditions whose N tasks share what they were given (one absorbed state, or one prompt holding every text).
+SHARED_CONDITIONS = ("prompted_all", "plain_ft_1step", "plain_ft_5step", "meta_1step")
+TEXT_SEPARATOR = " "
 PLAIN_FT_STEPS = {"plain_ft_1step": 1, "plain_ft_5step": 5}
 DEFAULT_PLAIN_FT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PLOT_NAME = "eval_results.png"
@@ -60,8 +75,9 @@ class ConditionEvaluator:
         meta: the meta-trained model; its base is the model with the adapter disabled (or its frozen teacher).
         tokenizer: the model's tokenizer.
         batch_size: tasks per batched pass.
-        contexts_per_update: absorb this many tasks' contexts one after another into one state before asking their
-            questions (1 = each task alone), for the meta and plain fine-tuning conditions.
+        texts_absorbed: absorb this many tasks' contexts one after another into one state before asking their
+            questions (1 = each task alone), for the meta and plain fine-tuning conditions; `prompted_all` prompts
+            with all of them joined.
         max_new_tokens: generation budget; defaults to the checkpoint's `max_answer_length`.
     """
 
@@ -70,16 +86,16 @@ class ConditionEvaluator:
         meta: MetaDistillModel,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 32,
-        contexts_per_update: int = 1,
+        texts_absorbed: int = 1,
         max_new_tokens: int | None = None,
         show_progress: bool = True,
     ) -> None:
-        if contexts_per_update < 1:
-            raise ValueError(f"`contexts_per_update` must be >= 1, got {contexts_per_update}.")
+        if not isinstance(texts_absorbed, int) or texts_absorbed < 1:
+            raise ValueError(f"`texts_absorbed` must be a positive integer, got {texts_absorbed!r}.")
         self.meta = meta
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.contexts_per_update = contexts_per_update
+        self.texts_absorbed = texts_absorbed
         settings = meta.settings
         self.max_new_tokens = max_new_tokens or settings.max_answer_length
         self.collator = PromptTargetCollator(
@@ -103,27 +119,31 @@ class ConditionEvaluator:
         conditions: Sequence[str] = CONDITIONS,
         plain_ft_lrs: dict[str, float] | None = None,
     ) -> list[dict]:
-        """One row per (condition, direction): exact match, token F1, mean answer log-likelihood, n."""
+        """One row per (condition, direction[, questions]): exact match, token F1, mean answer log-likelihood, n.
+
+        Every row carries `texts` (texts absorbed per state); with more than one, rows with `questions="first_text"`
+        score the questions about the first text absorbed, after all the others (retention).
+        """
         unknown = set(conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"Unknown conditions {sorted(unknown)}; choose from {CONDITIONS}.")
         missing = [c for c in conditions if c in PLAIN_FT_STEPS and c not in (plain_ft_lrs or {})]
         if missing:
             raise ValueError(f"Conditions {missing} need a learning rate in `plain_ft_lrs` (see `sweep_plain_ft_lr`).")
-        examples = _as_examples(dataset)
+        examples = self._whole_groups(_as_examples(dataset))
         self.meta.eval()
         rows = []
         for condition in conditions:
             lr = (plain_ft_lrs or {}).get(condition)
             scores = self._score(examples, condition, lr, desc=f"{task}: {condition}")
-            rows.extend(_aggregate(task, condition, examples, scores))
+            rows.extend(_aggregate(task, condition, examples, scores, self.texts_absorbed))
         return rows
 
     def sweep_plain_ft_lr(
         self, dataset: Dataset, steps: int, lrs: Iterable[float] = DEFAULT_PLAIN_FT_LRS
     ) -> tuple[float, dict[float, float]]:
         """Best plain fine-tuning LR on `dataset` by mean answer log-likelihood (smooth, no generation needed)."""
-        examples = _as_examples(dataset)
+        examples = self._whole_groups(_as_examples(dataset))
         self.meta.eval()
         condition = "plain_ft_1step" if steps == 1 else "plain_ft_5step"
         results = {}
@@ -135,11 +155,22 @@ class ConditionEvaluator:
         logger.info("Plain fine-tuning, %d step(s): best lr %g (mean answer logprob %.3f)", steps, best, results[best])
         return best, results
 
+    def _whole_groups(self, examples: list[dict]) -> list[dict]:
+        """Every task in a full group of `texts_absorbed` (the last, incomplete group is left out, and logged)."""
+        whole = len(examples) - len(examples) % self.texts_absorbed
+        if whole == 0:
+            raise ValueError(f"{len(examples)} tasks cannot fill one group of texts_absorbed={self.texts_absorbed}.")
+        if whole < len(examples):
+            logger.info(
+                "Evaluating %d of %d tasks: whole groups of %d texts.", whole, len(examples), self.texts_absorbed
+            )
+        return examples[:whole]
+
     # ----- one condition
     def _score(
         self, examples: list[dict], condition: str, lr: float | None, desc: str, generate: bool = True
     ) -> list[_TaskScores]:
-        group = self.contexts_per_update if condition not in ("no_context", "prompted", "meta_no_step") else 1
+        group = self.texts_absorbed if condition in SHARED_CONDITIONS else 1
         chunk = self.batch_size * group
         scores: list[_TaskScores] = []
         progress = tqdm(total=len(examples), desc=desc, disable=not self.show_progress, leave=False)
@@ -155,9 +186,11 @@ class ConditionEvaluator:
         self, batch: list[dict], condition: str, lr: float | None, group: int, generate: bool
     ) -> list[_TaskScores]:
         device = self.meta.log_inner_lrs.device
+        if condition == "prompted_all":
+            batch = _with_joined_contexts(batch, group)
         labelled = {k: v.to(device) for k, v in self.collator(batch).items()}
         prompts = {k: v.to(device) for k, v in self.collator([_without_answer(e) for e in batch]).items()}
-        view = "teacher" if condition == "prompted" else "student"
+        view = "teacher" if condition in ("prompted", "prompted_all") else "student"
         with self._condition_model(condition, labelled, lr, group) as model:
             logprobs = _answer_logprobs(
                 model, labelled[f"{view}_input_ids"], labelled[f"{view}_attention_mask"], labelled["labels"]
@@ -179,7 +212,7 @@ class ConditionEvaluator:
     def _condition_model(self, condition: str, batch: dict, lr: float | None, group: int) -> Iterator[nn.Module]:
         """The model of a condition: the base (adapter off), the meta-trained model, either with fast weights."""
         meta = self.meta
-        if condition in ("no_context", "prompted"):
+        if condition in ("no_context", "prompted", "prompted_all"):
             with meta.teacher_mode() as base:
                 yield base
             return
@@ -201,25 +234,26 @@ class ConditionEvaluator:
                 yield base
 
     def _absorb(self, model, modules, lrs, ids, mask, steps, group) -> FastWeights:
-        """Per-task updates; with `group > 1`, each run of `group` tasks shares one state absorbed in sequence."""
-        if group == 1:
-            return inner_update(model, modules, lrs, ids, mask, steps=steps, create_graph=False)[0]
-        n = ids.shape[0]
+        """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts
+        the way the checkpoint combines texts (`text_composition`); the state then serves the group's rows."""
+        if group == 1 or self.meta.settings.text_composition == "additive":
+            fast, _ = inner_update(
+                model, modules, lrs, ids, mask, steps=steps, create_graph=False, rows_per_task=group
+            )
+            return fast.for_rows(group)
         fast = None
         for position in range(group):
-            # Row `position` of every chunk; only the last chunk can be shorter, so present chunks come first.
-            rows = torch.arange(position, n, group, device=ids.device)
-            present = rows.numel()
-            start = None if fast is None else fast.select(slice(0, present))
-            updated, _ = inner_update(
-                model, modules, lrs, ids[rows], mask[rows], steps=steps, create_graph=False, start=start
+            fast, _ = inner_update(
+                model,
+                modules,
+                lrs,
+                ids[position::group],
+                mask[position::group],
+                steps=steps,
+                create_graph=False,
+                start=fast,
             )
-            fast = (
-                updated
-                if fast is None or present == fast.num_tasks
-                else updated.concat(fast.select(slice(present, None)))
-            )
-        return fast.select(torch.arange(n, device=ids.device) // group)
+        return fast.for_rows(group)
 
     def _generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         output = model.generate(
@@ -262,30 +296,53 @@ def _without_answer(example: dict) -> dict:
     return {"context": example["context"], "query": example["query"]}
 
 
-def _aggregate(task: str, condition: str, examples: list[dict], scores: list[_TaskScores]) -> list[dict]:
-    by_direction: dict[str, list[_TaskScores]] = {}
-    for example, score in zip(examples, scores, strict=True):
-        by_direction.setdefault(example.get("direction") or "all", []).append(score)
+def _with_joined_contexts(batch: list[dict], group: int) -> list[dict]:
+    """Each task prompted with the contexts of its whole group (in absorbing order) instead of its own."""
+    joined = []
+    for start in range(0, len(batch), group):
+        members = batch[start : start + group]
+        context = TEXT_SEPARATOR.join(example["context"] for example in members)
+        joined.extend({**example, "context": context} for example in members)
+    return joined
+
+
+def _aggregate(
+    task: str, condition: str, examples: list[dict], scores: list[_TaskScores], texts: int = 1
+) -> list[dict]:
+    """Rows per direction over all questions and, with several texts, over the first text's questions."""
+    subsets = {"all": list(zip(examples, scores, strict=True))}
+    if texts > 1:
+        subsets["first_text"] = subsets["all"][::texts]
     rows = []
-    for direction in sorted(by_direction):
-        group = by_direction[direction]
-        n = len(group)
-        rows.append(
-            {
-                "task": task,
-                "direction": direction,
-                "condition": condition,
-                "exact_match": sum(s.exact_match for s in group) / n,
-                "f1": sum(s.f1 for s in group) / n,
-                "answer_logprob": sum(s.answer_logprob for s in group) / n,
-                "n": n,
-            }
-        )
+    for questions, pairs in subsets.items():
+        by_direction: dict[str, list[_TaskScores]] = {}
+        for example, score in pairs:
+            by_direction.setdefault(example.get("direction") or "all", []).append(score)
+        for direction in sorted(by_direction):
+            group = by_direction[direction]
+            n = len(group)
+            rows.append(
+                {
+                    "task": task,
+                    "direction": direction,
+                    "condition": condition,
+                    "texts": texts,
+                    "questions": questions,
+                    "exact_match": sum(s.exact_match for s in group) / n,
+                    "f1": sum(s.f1 for s in group) / n,
+                    "answer_logprob": sum(s.answer_logprob for s in group) / n,
+                    "n": n,
+                }
+            )
     return rows
 
 
 def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[str, str], float | None]:
-    """Share of the prompted gap the method closes: `(meta_1step - plain_ft_1step) / (prompted - plain_ft_1step)`."""
+    """Share of the prompted gap the method closes: `(meta_1step - plain_ft_1step) / (prompted - plain_ft_1step)`.
+
+    Over all questions of one-text updates (rows with `texts` > 1 are the many-texts curve, see `format_curve`).
+    """
+    rows = [r for r in rows if r.get("texts", 1) == 1 and r.get("questions", "all") == "all"]
     table = {(r["task"], r["direction"], r["condition"]): r[metric] for r in rows}
     result = {}
     for task, direction in sorted({(r["task"], r["direction"]) for r in rows}):
@@ -300,13 +357,13 @@ def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[
 def format_table(rows: Sequence[dict]) -> str:
     """A Markdown table of the rows, then the gap closed per task and direction."""
     lines = [
-        "| task | direction | condition | exact match | F1 | answer log-lik. | n |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| task | texts | questions | direction | condition | exact match | F1 | answer log-lik. | n |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {r['direction']} | {r['condition']} | {r['exact_match']:.3f} | {r['f1']:.3f} | "
-            f"{r['answer_logprob']:.3f} | {r['n']} |"
+            f"| {r['task']} | {r.get('texts', 1)} | {r.get('questions', 'all')} | {r['direction']} | {r['condition']} "
+            f"| {r['exact_match']:.3f} | {r['f1']:.3f} | {r['answer_logprob']:.3f} | {r['n']} |"
         )
     for (task, direction), share in gap_closed(rows).items():
         shown = "n/a (prompted = plain FT)" if share is None else f"{share:.2f}"
@@ -314,8 +371,38 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_curve(rows: Sequence[dict], metric: str = "exact_match") -> str:
+    """`metric` against the number of texts absorbed: one line per (condition, questions, direction)."""
+    texts = sorted({r.get("texts", 1) for r in rows})
+    keys = sorted(
+        {(r["condition"], r.get("questions", "all"), r["direction"]) for r in rows},
+        key=lambda key: (CONDITIONS.index(key[0]) if key[0] in CONDITIONS else len(CONDITIONS), key[1], key[2]),
+    )
+    lines = [
+        "| condition | questions | direction | " + " | ".join(f"N={n}" for n in texts) + " |",
+        "|---|---|---|" + "---:|" * len(texts),
+    ]
+    for condition, questions, direction in keys:
+        cells = []
+        for n in texts:
+            # With one text, its first text's questions are all of its questions.
+            wanted = "all" if n == 1 else questions
+            value = _lookup(rows, metric, condition=condition, questions=wanted, direction=direction, texts=n)
+            cells.append("" if value is None else f"{value:.3f}")
+        lines.append(f"| {condition} | {questions} | {direction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _lookup(rows: Sequence[dict], metric: str, **key) -> float | None:
+    defaults = {"texts": 1, "questions": "all"}
+    for row in rows:
+        if all(row.get(name, defaults.get(name)) == value for name, value in key.items()):
+            return row[metric]
+    return None
+
+
 def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
-    """Write `eval_results.json` and a bar chart of exact match per condition (`eval_results.png`)."""
+    """Write `eval_results.json` and a plot: exact match per condition and, with several N, against N texts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,22 +413,17 @@ def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str
     json_path = output_dir / RESULTS_FILE_NAME
     json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
 
-    groups = sorted({(r["task"], r["direction"]) for r in rows})
-    conditions = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(conditions) * len(groups) ** 0.5), 4))
+    texts = sorted({r.get("texts", 1) for r in rows})
+    single = [r for r in rows if r.get("texts", 1) == texts[0] and r.get("questions", "all") == "all"]
+    groups = sorted({(r["task"], r["direction"]) for r in single})
+    conditions = [c for c in CONDITIONS if any(r["condition"] == c for r in single)]
+    panels = 2 if len(texts) > 1 else 1
+    width_in = max(6, 1.6 * len(conditions) * len(groups) ** 0.5)
+    figure, axes = plt.subplots(1, panels, figsize=(width_in + 5 * (panels - 1), 4), squeeze=False)
+    axis = axes[0][0]
     width = 0.8 / max(len(groups), 1)
     for index, (task, direction) in enumerate(groups):
-        values = [
-            next(
-                (
-                    r["exact_match"]
-                    for r in rows
-                    if (r["task"], r["direction"], r["condition"]) == (task, direction, c)
-                ),
-                0,
-            )
-            for c in conditions
-        ]
+        values = [_lookup(single, "exact_match", task=task, direction=direction, condition=c) or 0 for c in conditions]
         positions = [i + (index - (len(groups) - 1) / 2) * width for i in range(len(conditions))]
         axis.bar(positions, values, width, label=f"{task} / {direction}")
     axis.set_xticks(range(len(conditions)), conditions, rotation=20)
@@ -349,8 +431,37 @@ def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str
     axis.set_ylim(0, 1.05)
     axis.set_title(title or "One gradient step vs prompting")
     axis.legend(fontsize=8)
+    if panels == 2:
+        _plot_curve(axes[0][1], rows, texts)
     figure.tight_layout()
     plot_path = output_dir / PLOT_NAME
     figure.savefig(plot_path, dpi=120)
     plt.close(figure)
     return json_path, plot_path
+
+
+def _plot_curve(axis, rows: Sequence[dict], texts: list[int]) -> None:
+    """Exact match (all directions, weighted by n) against the number of texts absorbed, log-scaled N."""
+    for condition in (c for c in CONDITIONS if c in SHARED_CONDITIONS or c == "prompted"):
+        for questions, style in (("all", "-"), ("first_text", ":")):
+            points = []
+            for n in texts:
+                wanted = "all" if n == 1 else questions
+                chosen = [
+                    r
+                    for r in rows
+                    if r["condition"] == condition and r.get("texts", 1) == n and r.get("questions", "all") == wanted
+                ]
+                if chosen:
+                    total = sum(r["n"] for r in chosen)
+                    points.append((n, sum(r["exact_match"] * r["n"] for r in chosen) / total))
+            if len(points) > 1 and (questions == "all" or condition == "meta_1step"):
+                label = condition if questions == "all" else f"{condition} (first text)"
+                axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(texts, [str(n) for n in texts])
+    axis.set_xlabel("texts absorbed one after another (N)")
+    axis.set_ylabel("exact match")
+    axis.set_ylim(0, 1.05)
+    axis.set_title("Several texts")
+    axis.legend(fontsize=7)

@@ -112,11 +112,16 @@ class AdaptedModules:
 
 
 class FastWeights:
-    """Per-task values of `AdaptedModules.parameters()`, each with a leading task dimension."""
+    """Per-task values of `AdaptedModules.parameters()`, each with a leading task dimension.
 
-    def __init__(self, modules: AdaptedModules, tensors: Sequence[torch.Tensor]) -> None:
+    `rows_per_task` > 1 lets consecutive batch rows share a task's weights (the questions of one episode) without
+    copying the weights: row `i` uses task `i // rows_per_task`.
+    """
+
+    def __init__(self, modules: AdaptedModules, tensors: Sequence[torch.Tensor], rows_per_task: int = 1) -> None:
         self.modules = modules
         self.tensors = list(tensors)
+        self.rows_per_task = rows_per_task
         offsets, offset = {}, 0
         for linear in modules.linears:
             offsets[id(linear.module)] = offset
@@ -135,12 +140,16 @@ class FastWeights:
             [w - lrs[group].to(w.dtype) * g for w, g, group in zip(self.tensors, grads, groups, strict=True)],
         )
 
+    def for_rows(self, rows_per_task: int) -> FastWeights:
+        """The same weights, each serving `rows_per_task` consecutive batch rows."""
+        return FastWeights(self.modules, self.tensors, rows_per_task)
+
     def detach(self) -> FastWeights:
-        return FastWeights(self.modules, [t.detach() for t in self.tensors])
+        return FastWeights(self.modules, [t.detach() for t in self.tensors], self.rows_per_task)
 
     def requires_grad_(self) -> FastWeights:
         """Detached leaves that track gradients: the starting point of a further (non-meta) inner step."""
-        return FastWeights(self.modules, [t.detach().requires_grad_() for t in self.tensors])
+        return FastWeights(self.modules, [t.detach().requires_grad_() for t in self.tensors], self.rows_per_task)
 
     def select(self, index: torch.Tensor | slice | int) -> FastWeights:
         """The fast weights of some tasks (keeps the task dimension)."""
@@ -175,13 +184,15 @@ def _batched_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return type(module).forward(module, x)
     weight, bias = fast_weights._weights_of(module)
     tasks = weight.shape[0]
-    if tasks != 1 and x.shape[0] != tasks:
+    rows = tasks * fast_weights.rows_per_task
+    if tasks != 1 and x.shape[0] != rows:
         raise ValueError(
-            f"Fast weights hold {tasks} tasks but the batch has {x.shape[0]} rows: absorb one text per row, or a "
-            "single text for the whole batch."
+            f"Fast weights hold {tasks} tasks for {rows} rows but the batch has {x.shape[0]} rows: absorb one text "
+            "per row, or a single text for the whole batch."
         )
     x = x.to(weight.dtype)
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    # Rows of one task are consecutive: fold them into the sequence dimension of that task's matmul.
+    flat = x.reshape(tasks if tasks != 1 else x.shape[0], -1, x.shape[-1])
     out = torch.matmul(flat, weight if isinstance(module, Conv1D) else weight.transpose(-1, -2))
     if bias is not None:
         out = out + bias.unsqueeze(1)

@@ -139,6 +139,11 @@ def _adapted_params(inner_settings: Mapping[str, Any], library_name: str) -> str
     inner_params = inner_settings.get("inner_params", "lora" if library_name == "peft" else None)
     if inner_params == "lora":
         text = "a LoRA adapter on the frozen base model; the inner step updates only the adapter"
+    elif inner_params == "base":
+        text = (
+            "a LoRA adapter on the frozen base model; the inner step updates the base model's linear layers (full "
+            "rank) through it"
+        )
     elif inner_params == "all":
         text = "all weights of the model; the inner step updates every weight"
     else:
@@ -278,7 +283,7 @@ def write_checkpoint_card(
         base_model=settings.base_model or "",
         inner_settings=asdict(settings),
         eval_results=eval_results,
-        library_name="peft" if settings.inner_params == "lora" else "transformers",
+        library_name="peft" if settings.uses_adapter else "transformers",
         **kwargs,
     )
 

@@ -51,16 +51,27 @@ def inner_update(
     create_graph: bool = True,
     first_order: bool = False,
     start: FastWeights | None = None,
+    rows_per_task: int = 1,
 ) -> tuple[FastWeights, torch.Tensor]:
     """Take `steps` SGD steps on each task's context; returns the per-task fast weights and first-step losses.
 
     `create_graph=True` keeps the update differentiable (second order) unless `first_order`, which treats the
     gradients as constants while still letting the outer loss reach the weights and the learning rates. `start`
-    continues from earlier fast weights (absorbing several texts one after another) instead of the shared weights.
+    continues from earlier fast weights (absorbing several texts one after another) instead of the shared weights;
+    with `create_graph=True` the meta-gradient flows back through `start` into the steps that made it.
+    `rows_per_task` > 1 makes each run of that many consecutive contexts one task whose loss is their sum: one
+    step on several texts at once.
     """
     first_losses = None
     with torch.enable_grad():  # also under `no_grad` (evaluation, absorbing): the inner step needs its gradient
-        fast_weights = modules.initial(input_ids.shape[0]) if start is None else start.requires_grad_()
+        if start is None:
+            if input_ids.shape[0] % rows_per_task:
+                raise ValueError(f"{input_ids.shape[0]} contexts do not split into tasks of {rows_per_task}.")
+            fast_weights = modules.initial(input_ids.shape[0] // rows_per_task).for_rows(rows_per_task)
+        elif create_graph and any(t.requires_grad for t in start.tensors):
+            fast_weights = start  # part of the meta-graph: keep it connected
+        else:
+            fast_weights = start.requires_grad_()
         for _ in range(steps):
             with use_fast_weights(fast_weights, math_attention=create_graph and not first_order):
                 losses = context_losses(model, input_ids, attention_mask)
@@ -69,9 +80,9 @@ def inner_update(
             )
             if first_order or not create_graph:
                 grads = [g.detach() for g in grads]
-            fast_weights = fast_weights.sgd_step(grads, inner_lrs)
+            fast_weights = fast_weights.sgd_step(grads, inner_lrs).for_rows(rows_per_task)
             if first_losses is None:
                 first_losses = losses.detach()
     if not create_graph:
         fast_weights = fast_weights.detach()
-    return fast_weights, first_losses
+    return fast_weights.for_rows(1), first_losses

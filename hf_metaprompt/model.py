@@ -71,7 +71,7 @@ class MetaPromptModel(nn.Module):
         load_kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
         if dtype is not None:
             load_kwargs["dtype"] = dtype
-        if settings.inner_params == "lora":
+        if settings.uses_adapter:
             from peft import PeftModel
 
             base_id = base_model or settings.base_model or _adapter_base(directory)
@@ -104,7 +104,9 @@ class MetaPromptModel(nn.Module):
         """Learn `texts` with the meta-trained inner step(s).
 
         - one text, or several with `per_row=False`: absorbed one after another into a single state that answers
-          every later query (continuing from what was absorbed before, until `reset()`);
+          every later query (continuing from what was absorbed before, until `reset()`), combined as the checkpoint
+          was meta-trained to (`settings.text_composition`: each step continuing from the previous one, or updates
+          from the meta-trained weights adding up);
         - several texts with `per_row=True`: one independent state per text, computed in one batched pass; row `i`
           of every later batch then uses text `i` (one update per user or session).
         """
@@ -114,16 +116,31 @@ class MetaPromptModel(nn.Module):
         if per_row:
             self.fast_weights = self._inner_step(texts, start=None)
             return self
+        if self.settings.text_composition == "additive":
+            self.fast_weights = self._add_update(self._inner_step(texts, start=None, rows_per_task=len(texts)))
+            return self
         for text in texts:
             self.fast_weights = self._inner_step([text], start=self.fast_weights)
         return self
+
+    def _add_update(self, updated: FastWeights) -> FastWeights:
+        """What was absorbed before plus the update of the new texts (both taken from the meta-trained weights)."""
+        if self.fast_weights is None:
+            return updated
+        if self.fast_weights.num_tasks != 1:
+            raise ValueError("Per-row states are absorbed; reset() before absorbing shared texts.")
+        initial = self.meta.adapted.initial(1).tensors
+        return FastWeights(
+            updated.modules,
+            [old + new - w for old, new, w in zip(self.fast_weights.tensors, updated.tensors, initial, strict=True)],
+        )
 
     def reset(self) -> MetaPromptModel:
         """Forget everything absorbed: back to the meta-trained weights, bit for bit."""
         self.fast_weights = None
         return self
 
-    def _inner_step(self, texts: list[str], start: FastWeights | None) -> FastWeights:
+    def _inner_step(self, texts: list[str], start: FastWeights | None, rows_per_task: int = 1) -> FastWeights:
         if start is not None and start.num_tasks != len(texts):
             raise ValueError(
                 f"{start.num_tasks} per-row states are absorbed; absorb {start.num_tasks} texts, or reset() first."
@@ -138,6 +155,7 @@ class MetaPromptModel(nn.Module):
             steps=self.settings.inner_steps,
             create_graph=False,
             start=start,
+            rows_per_task=rows_per_task,
         )
         return fast_weights
 

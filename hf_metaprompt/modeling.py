@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .fast_weights import AdaptedModules, checkpoint_context_fn, use_fast_weights
+from .fast_weights import AdaptedModules, FastWeights, checkpoint_context_fn, use_fast_weights
 from .inner import check_attention_supports_meta_gradient, inner_update, position_ids_from_mask
 from .losses import distillation_divergence
 from .settings import MetaPromptSettings
@@ -59,10 +59,13 @@ class MetaDistillModel(nn.Module):
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         is_peft = hasattr(model, "disable_adapter")
-        if settings.inner_params == "lora":
+        if settings.uses_adapter:
             if not is_peft:
-                raise ValueError("inner_params='lora' needs a PeftModel with a LoRA adapter.")
-            self.adapted = AdaptedModules.from_peft(model)
+                raise ValueError(f"inner_params={settings.inner_params!r} needs a PeftModel with a LoRA adapter.")
+            if settings.inner_params == "lora":
+                self.adapted = AdaptedModules.from_peft(model)
+            else:  # the base model's own linear layers, full rank, read and written through the adapter
+                self.adapted = AdaptedModules.from_linear_layers(model.get_base_model(), skip=_is_lora_module)
         else:
             if is_peft:
                 raise ValueError("inner_params='all' adapts the model's own linear layers; pass a model without PEFT.")
@@ -137,17 +140,7 @@ class MetaDistillModel(nn.Module):
         targets = labels[:, -keep + 1 :] != IGNORE_INDEX
         teacher_logits = self.teacher_logits(teacher_input_ids, teacher_attention_mask, keep)
 
-        create_graph = torch.is_grad_enabled()
-        fast_weights, inner_losses = inner_update(
-            self.model,
-            self.adapted,
-            self.inner_lrs(),
-            context_input_ids,
-            context_attention_mask,
-            steps=self.settings.inner_steps,
-            create_graph=create_graph,
-            first_order=self.settings.first_order,
-        )
+        fast_weights, inner_losses = self.absorb_episodes(context_input_ids, context_attention_mask)
         with use_fast_weights(fast_weights):
             student_logits = causal_logits(self.model, student_input_ids, student_attention_mask, keep)
 
@@ -167,6 +160,52 @@ class MetaDistillModel(nn.Module):
             agreement=agreement.detach(),
             num_targets=num_targets.detach(),
         )
+
+    # ----- inner step(s)
+    def absorb_episodes(
+        self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor
+    ) -> tuple[FastWeights, torch.Tensor]:
+        """The contexts of each episode absorbed one after another; fast weights serve the episode's rows.
+
+        Rows come episode by episode (`texts_per_episode` consecutive rows each), as `PromptTargetCollator` groups
+        them. Differentiable through every step when gradients are enabled (training).
+        """
+        texts = self.settings.texts_per_episode
+        rows = context_input_ids.shape[0]
+        if rows % texts:
+            raise ValueError(
+                f"The batch has {rows} tasks, not a multiple of texts_per_episode={texts}: make the batch size a "
+                "multiple of texts_per_episode."
+            )
+        if self.settings.text_composition == "additive":
+            fast_weights, losses = inner_update(
+                self.model,
+                self.adapted,
+                self.inner_lrs(),
+                context_input_ids,
+                context_attention_mask,
+                create_graph=torch.is_grad_enabled(),
+                first_order=self.settings.first_order,
+                rows_per_task=texts,
+            )
+            return fast_weights.for_rows(texts), losses
+        ids = context_input_ids.view(rows // texts, texts, -1)
+        mask = context_attention_mask.view(rows // texts, texts, -1)
+        fast_weights, losses = None, []
+        for position in range(texts):
+            fast_weights, step_losses = inner_update(
+                self.model,
+                self.adapted,
+                self.inner_lrs(),
+                ids[:, position],
+                mask[:, position],
+                steps=self.settings.inner_steps,
+                create_graph=torch.is_grad_enabled(),
+                first_order=self.settings.first_order,
+                start=fast_weights,
+            )
+            losses.append(step_losses)
+        return fast_weights.for_rows(texts), torch.stack(losses, 1).flatten()
 
     # ----- teacher
     @contextlib.contextmanager
@@ -244,7 +283,7 @@ class MetaDistillModel(nn.Module):
         """Restore the adapted weights and the learned inner LRs from a directory `save_pretrained` wrote."""
         directory = Path(directory)
         settings = MetaPromptSettings.load(directory)
-        if self.settings.inner_params == "lora":
+        if self.settings.uses_adapter:
             from peft import set_peft_model_state_dict
             from peft.utils import load_peft_weights
 
@@ -264,6 +303,10 @@ class MetaDistillModel(nn.Module):
         values = [settings_log_lr(settings, name) for name in self.adapted.group_names]
         with torch.no_grad():
             self.log_inner_lrs.copy_(torch.tensor(values))
+
+
+def _is_lora_module(name: str) -> bool:
+    return ".lora_" in name
 
 
 def settings_log_lr(settings: MetaPromptSettings, name: str) -> float:

@@ -9,6 +9,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .evaluation import (
     DEFAULT_PLAIN_FT_LRS,
     PLAIN_FT_STEPS,
     ConditionEvaluator,
+    format_curve,
     format_table,
     save_results,
 )
@@ -55,6 +57,7 @@ TINY_WORLD_DEFAULTS = [
     "--seed", "0",
     "--max_eval_samples", "200",
     "--max_validation_samples", "100",
+    "--texts_absorbed", "1", "16",
 ]  # fmt: skip
 
 
@@ -86,8 +89,12 @@ class ScriptArguments:
         default_factory=lambda: list(DEFAULT_PLAIN_FT_LRS),
         metadata={"help": "Learning rates swept (on validation) for the plain fine-tuning baselines."},
     )
-    contexts_per_update: int = field(
-        default=1, metadata={"help": "Contexts absorbed one after another before asking their questions."}
+    texts_absorbed: list[int] = field(
+        default_factory=lambda: [1],
+        metadata={
+            "help": "Numbers of texts absorbed one after another before their questions are asked (the many-texts "
+            "curve: one evaluation per value)."
+        },
     )
     skip_training: bool = field(default=False, metadata={"help": "Only evaluate (e.g. the base with no meta-step)."})
     base_model_id: str | None = field(
@@ -179,11 +186,12 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
         task=script_args.task,
         conditions=script_args.conditions,
         plain_ft_lr_grid=script_args.plain_ft_lrs,
-        contexts_per_update=script_args.contexts_per_update,
+        texts_absorbed=script_args.texts_absorbed,
         batch_size=config.per_device_eval_batch_size * 4,
     )
-    table = format_table(rows)
-    logger.info("Results on %d held-out tasks:\n%s", len(test), table)
+    logger.info("Results on %d held-out tasks:\n%s", len(test), format_table(rows))
+    if len(script_args.texts_absorbed) > 1:
+        logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
 
     output_dir = Path(config.output_dir)
     save_results(rows, output_dir, title=f"{script_args.task}: one gradient step vs prompting")
@@ -208,20 +216,22 @@ def evaluate_all(
     task: str,
     conditions: list[str] = CONDITIONS,
     plain_ft_lr_grid: list[float] | None = None,
-    contexts_per_update: int = 1,
+    texts_absorbed: Sequence[int] = (1,),
     batch_size: int = 32,
 ) -> list[dict]:
-    """Every condition on `test`; the plain fine-tuning learning rates are swept on `validation` first."""
-    evaluator = ConditionEvaluator(meta, tokenizer, batch_size=batch_size, contexts_per_update=contexts_per_update)
-    plain_ft_lrs = {}
-    for condition, steps in PLAIN_FT_STEPS.items():
-        if condition in conditions:
-            grid = plain_ft_lr_grid or DEFAULT_PLAIN_FT_LRS
-            plain_ft_lrs[condition], _ = evaluator.sweep_plain_ft_lr(validation, steps, grid)
-    rows = evaluator.evaluate(test, task, conditions, plain_ft_lrs)
-    for row in rows:
-        if row["condition"] in plain_ft_lrs:
-            row["learning_rate"] = plain_ft_lrs[row["condition"]]
+    """Every condition on `test` for each number of texts absorbed; plain fine-tuning LRs swept on `validation`."""
+    rows = []
+    for texts in texts_absorbed:
+        evaluator = ConditionEvaluator(meta, tokenizer, batch_size=batch_size, texts_absorbed=texts)
+        plain_ft_lrs = {}
+        for condition, steps in PLAIN_FT_STEPS.items():
+            if condition in conditions:
+                grid = plain_ft_lr_grid or DEFAULT_PLAIN_FT_LRS
+                plain_ft_lrs[condition], _ = evaluator.sweep_plain_ft_lr(validation, steps, grid)
+        for row in evaluator.evaluate(test, task, conditions, plain_ft_lrs):
+            if row["condition"] in plain_ft_lrs:
+                row["learning_rate"] = plain_ft_lrs[row["condition"]]
+            rows.append(row)
     return rows
 
 

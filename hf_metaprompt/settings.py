@@ -11,9 +11,10 @@ from typing import Any
 METAPROMPT_CONFIG_NAME = "metaprompt_config.json"
 FORMAT_VERSION = 1
 
-INNER_PARAMS = ("lora", "all")
+INNER_PARAMS = ("lora", "base", "all")
 DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 DISTILL_ON = ("answer", "query_and_answer")
+TEXT_COMPOSITIONS = ("sequential", "additive")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class MetaPromptSettings:
     min_inner_lr: float = 1e-4
     max_inner_lr: float = 1e-1
     inner_steps: int = 1
+    texts_per_episode: int = 1
+    text_composition: str = "sequential"
     first_order: bool = False
     distill_loss: str = "forward_kl"
     jsd_beta: float = 0.5
@@ -42,6 +45,11 @@ class MetaPromptSettings:
     base_model: str | None = None
     inner_lrs: dict[str, float] = field(default_factory=dict)
     log_inner_lrs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def uses_adapter(self) -> bool:
+        """A PEFT adapter is the meta-learned part (`lora`, `base`); with `all` the model's own weights are."""
+        return self.inner_params != "all"
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / METAPROMPT_CONFIG_NAME

@@ -11,7 +11,14 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
 from hf_metaprompt import MetaDistillModel, MetaPromptSettings
-from hf_metaprompt.evaluation import CONDITIONS, ConditionEvaluator, format_table, gap_closed, save_results
+from hf_metaprompt.evaluation import (
+    CONDITIONS,
+    ConditionEvaluator,
+    format_curve,
+    format_table,
+    gap_closed,
+    save_results,
+)
 
 DIRECTIONS = ["forward", "reversed"] * 3
 DATA = Dataset.from_list([{**e, "direction": d} for e, d in zip(EXAMPLES * 2, DIRECTIONS, strict=True)])
@@ -40,12 +47,23 @@ def test_rows_cover_every_condition_and_direction(evaluator, tmp_path):
         (c, d) for c in CONDITIONS for d in ("forward", "reversed")
     }
     for row in rows:
-        assert set(row) == {"task", "direction", "condition", "exact_match", "f1", "answer_logprob", "n"}
+        assert set(row) == {
+            "task",
+            "direction",
+            "condition",
+            "texts",
+            "questions",
+            "exact_match",
+            "f1",
+            "answer_logprob",
+            "n",
+        }
+        assert row["texts"] == 1 and row["questions"] == "all"
         assert row["n"] == 3 and 0 <= row["exact_match"] <= row["f1"] <= 1 and row["answer_logprob"] < 0
     json_path, plot_path = save_results(rows, tmp_path)
     assert json.loads(json_path.read_text()) == rows
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| toy | forward | meta_1step |" in format_table(rows)
+    assert "| toy | 1 | all | forward | meta_1step |" in format_table(rows)
 
 
 def test_conditions_are_the_models_they_claim(evaluator):
@@ -67,15 +85,38 @@ def test_plain_ft_needs_a_learning_rate_and_sweep_picks_one(evaluator):
     assert set(results) == {1e-12, 0.1, 1.0} and results[best] == max(results.values())
 
 
-def test_contexts_per_update_absorbs_several_contexts(evaluator):
+def test_texts_absorbed_absorbs_several_contexts(evaluator):
     single = evaluator.evaluate(DATA, "toy", conditions=["meta_1step"])
-    evaluator.contexts_per_update = 3
+    evaluator.texts_absorbed = 3
     grouped = evaluator.evaluate(DATA, "toy", conditions=["meta_1step"])
-    assert [r["n"] for r in grouped] == [r["n"] for r in single]
-    assert grouped[0]["answer_logprob"] != pytest.approx(single[0]["answer_logprob"], abs=1e-5)
+    every = [r for r in grouped if r["questions"] == "all"]
+    assert [r["n"] for r in every] == [r["n"] for r in single]
+    assert all(r["texts"] == 3 for r in grouped)
+    assert every[0]["answer_logprob"] != pytest.approx(single[0]["answer_logprob"], abs=1e-5)
+    # Retention rows: the first task of each group of 3 (rows 0 and 3: one forward, one reversed question).
+    first = [r for r in grouped if r["questions"] == "first_text"]
+    assert [(r["direction"], r["n"]) for r in first] == [("forward", 1), ("reversed", 1)]
     # A group of one is the single-context evaluation.
-    evaluator.contexts_per_update = 1
+    evaluator.texts_absorbed = 1
     assert evaluator.evaluate(DATA, "toy", conditions=["meta_1step"]) == single
+
+
+def test_prompted_all_joins_the_texts_of_a_group(evaluator):
+    alone = by_condition(evaluator.evaluate(DATA, "toy", conditions=["prompted", "prompted_all"]))
+    # One text per group: prompting with "all" texts is prompting with the task's own.
+    assert alone["prompted_all"]["answer_logprob"] == pytest.approx(alone["prompted"]["answer_logprob"], abs=1e-6)
+    evaluator.texts_absorbed = 3
+    grouped = [r for r in evaluator.evaluate(DATA, "toy", conditions=["prompted", "prompted_all"])]
+    rows = {(r["condition"], r["questions"], r["direction"]): r for r in grouped}
+    # The ceiling (own text) does not depend on the grouping; the joined prompt does.
+    assert rows[("prompted", "all", "forward")]["answer_logprob"] == pytest.approx(
+        alone["prompted"]["answer_logprob"], abs=1e-6
+    )
+    assert rows[("prompted_all", "all", "forward")]["answer_logprob"] != pytest.approx(
+        alone["prompted"]["answer_logprob"], abs=1e-4
+    )
+    curve = format_curve(grouped + evaluator.evaluate(DATA, "toy", conditions=["prompted"]))
+    assert "| prompted | all | forward |" in curve and "N=3" in curve
 
 
 def test_gap_closed():
