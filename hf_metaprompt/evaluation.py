@@ -38,7 +38,7 @@ from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
 from .hub import RESULTS_FILE_NAME
 from .inner import inner_update
 from .losses import token_logprobs
-from .metrics import exact_match, token_f1
+from .metrics import exact_match, share_of_gap_closed, token_f1
 from .modeling import IGNORE_INDEX, MetaDistillModel, causal_logits, target_window
 
 logger = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[
             ours, plain, prompted = (table[(task, direction, c)] for c in ("meta_1step", "plain_ft_1step", "prompted"))
         except KeyError:
             continue
-        result[(task, direction)] = (ours - plain) / (prompted - plain) if prompted != plain else None
+        result[(task, direction)] = share_of_gap_closed(ours, plain, prompted)
     return result
 
 

@@ -2,13 +2,17 @@
 
 The Hub's `evaluate` metric scripts (`squad`, `exact_match`) cannot be downloaded offline, so the SQuAD v1.1
 official definitions are reimplemented here: answers are normalised (lowercase, punctuation removed, articles
-removed, whitespace collapsed) and each score is the maximum over the reference answers.
+removed, whitespace collapsed) and each score is the maximum over the reference answers. The same functions back
+the `evaluate` metric module shipped in the package (`evaluate.load(evaluate_metric_path())`).
 """
 
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EVALUATE_METRIC_DIR = Path(__file__).resolve().parent / "evaluate_metrics" / "metaprompt_qa"
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -57,3 +61,16 @@ def exact_match(prediction: str, references: str | Sequence[str]) -> float:
 def token_f1(prediction: str, references: str | Sequence[str]) -> float:
     """Bag-of-tokens F1 between the normalised prediction and the best-matching reference (SQuAD v1.1)."""
     return _max_over_references(_token_f1_single, prediction, references)
+
+
+def share_of_gap_closed(score: float, plain_ft_score: float, prompted_score: float) -> float | None:
+    """`(score - plain_ft) / (prompted - plain_ft)`: 1 when one step is as good as prompting, 0 when it is no better
+    than plain fine-tuning; None when prompting and plain fine-tuning score the same (no gap to close)."""
+    if prompted_score == plain_ft_score:
+        return None
+    return (score - plain_ft_score) / (prompted_score - plain_ft_score)
+
+
+def evaluate_metric_path() -> str:
+    """The `evaluate` metric module of these scores (exact match, F1, gap closed), for `evaluate.load` offline."""
+    return str(EVALUATE_METRIC_DIR)
