@@ -1,0 +1,164 @@
+"""Episodes of several texts: exact meta-gradients, batched = per-episode loop, T = 1 is today's step, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import EXAMPLES, tiny_model
+from peft import LoraConfig, get_peft_model
+from test_meta_gradient import build, directional_fd, flat_grad, trainable
+
+from hf_metaprompt import (
+    MetaDistillConfig,
+    MetaDistillModel,
+    MetaPromptModel,
+    MetaPromptSettings,
+    PromptTargetCollator,
+)
+from hf_metaprompt.fast_weights import use_fast_weights
+from hf_metaprompt.inner import inner_update
+from hf_metaprompt.losses import distillation_divergence
+from hf_metaprompt.modeling import IGNORE_INDEX, causal_logits, target_window
+
+# Two episodes of two texts each.
+EPISODES = [*EXAMPLES, {**EXAMPLES[0], "context": "Dora Lind is a poet from Riga. Bob Tanaka is a nurse."}]
+
+
+def episode_batch(tokenizer, examples=EPISODES, texts=2):
+    return PromptTargetCollator(tokenizer, texts_per_episode=texts)(examples)
+
+
+@pytest.mark.parametrize(
+    ("composition", "inner_params"), [("sequential", "lora"), ("additive", "lora"), ("sequential", "base")]
+)
+def test_episode_meta_gradient_matches_finite_differences(gpt2_tokenizer, composition, inner_params):
+    meta = build(
+        "gpt2",
+        texts_per_episode=2,
+        text_composition=composition,
+        inner_params=inner_params,
+        inner_lr=0.3 if inner_params == "lora" else 0.05,
+    )
+    batch = episode_batch(gpt2_tokenizer)
+    grad = flat_grad(meta, batch)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        direction = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
+        analytic, numeric = float(grad @ direction), directional_fd(meta, batch, direction)
+        assert abs(analytic - numeric) / abs(numeric) < 1e-3, (analytic, numeric)
+    # The meta-gradient reaches the first text's step: first order (detached inner gradients) differs.
+    meta.settings.first_order = True
+    assert torch.linalg.vector_norm(flat_grad(meta, batch) - grad) / torch.linalg.vector_norm(grad) > 0.05
+
+
+@pytest.mark.parametrize("composition", ["sequential", "additive"])
+def test_batched_episodes_equal_per_episode_loop(llama_tokenizer, composition):
+    meta = build(texts_per_episode=2, text_composition=composition)
+    batch = episode_batch(llama_tokenizer)
+    total_targets = int((batch["labels"] != IGNORE_INDEX).sum())
+    batched_loss = meta(**batch).loss
+    batched_grad = flat_grad(meta, batch)
+    loop_loss, loop_grad = 0.0, torch.zeros_like(batched_grad)
+    for start in (0, 2):
+        meta.zero_grad()
+        loss = meta(**episode_batch(llama_tokenizer, EPISODES[start : start + 2]), num_items_in_batch=total_targets)
+        loss.loss.backward()
+        loop_loss += loss.loss.item()
+        loop_grad += torch.cat([p.grad.reshape(-1) for p in trainable(meta)])
+    assert batched_loss.item() == pytest.approx(loop_loss, rel=1e-9)
+    torch.testing.assert_close(batched_grad, loop_grad, rtol=1e-7, atol=1e-10)
+
+
+def test_sequential_episode_is_one_step_after_another(llama_tokenizer):
+    """The second text's step starts from the weights the first text's step left (and only then)."""
+    meta = build(texts_per_episode=2)
+    batch = episode_batch(llama_tokenizer, EPISODES[:2])
+    with torch.no_grad():
+        fast, _ = meta.absorb_episodes(batch["context_input_ids"], batch["context_attention_mask"])
+        lrs = meta.inner_lrs()
+        ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
+        first, _ = inner_update(meta.model, meta.adapted, lrs, ids[:1], mask[:1], create_graph=False)
+        second, _ = inner_update(meta.model, meta.adapted, lrs, ids[1:], mask[1:], create_graph=False, start=first)
+    for got, expected in zip(fast.tensors, second.tensors, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert fast.rows_per_task == 2
+
+
+def test_one_text_episode_is_bit_identical_to_the_single_text_step(llama_tokenizer):
+    meta = build(dtype=torch.float32)
+    batch = PromptTargetCollator(llama_tokenizer)(EXAMPLES)
+    meta.zero_grad()
+    output = meta(**batch)
+    output.loss.backward()
+    episode_grads = [p.grad.clone() for p in trainable(meta)]
+
+    # The single-text meta-step written out: inner step, student with fast weights, divergence on the targets.
+    meta.zero_grad()
+    labels = batch["labels"]
+    keep = target_window(labels)
+    targets = labels[:, -keep + 1 :] != IGNORE_INDEX
+    teacher = meta.teacher_logits(batch["teacher_input_ids"], batch["teacher_attention_mask"], keep)
+    fast, _ = inner_update(
+        meta.model, meta.adapted, meta.inner_lrs(), batch["context_input_ids"], batch["context_attention_mask"]
+    )
+    with use_fast_weights(fast):
+        student = causal_logits(meta.model, batch["student_input_ids"], batch["student_attention_mask"], keep)
+    loss = (distillation_divergence(teacher, student) * targets).sum() / targets.sum()
+    loss.backward()
+    assert torch.equal(output.loss.detach(), loss.detach())
+    for got, expected in zip(episode_grads, (p.grad for p in trainable(meta)), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_episode_errors_are_clear(llama_tokenizer):
+    with pytest.raises(ValueError, match="cannot hold one episode of texts_per_episode=4"):
+        episode_batch(llama_tokenizer, EPISODES[:3], texts=4)
+    lacking = [EPISODES[0], {key: value for key, value in EPISODES[1].items() if key != "context"}]
+    with pytest.raises(ValueError, match="Example 1 of the batch has no 'context' field"):
+        episode_batch(llama_tokenizer, lacking)
+    with pytest.raises(ValueError, match="not a multiple of texts_per_episode=3"):
+        MetaDistillConfig("out", texts_per_episode=3, per_device_train_batch_size=8, per_device_eval_batch_size=6)
+    with pytest.raises(ValueError, match="needs inner_steps=1|inner_steps=1"):
+        MetaDistillConfig("out", text_composition="additive", inner_steps=2)
+    with pytest.raises(ValueError, match="text_composition"):
+        MetaDistillConfig("out", text_composition="bogus")
+    meta = build(texts_per_episode=2)
+    batch = PromptTargetCollator(llama_tokenizer)(EPISODES[:3])
+    with pytest.raises(ValueError, match="not a multiple of texts_per_episode=2"):
+        meta(**batch)
+
+
+def test_incomplete_last_episode_is_dropped(llama_tokenizer, caplog):
+    batch = episode_batch(llama_tokenizer, EPISODES[:3])
+    assert batch["context_input_ids"].shape[0] == 2
+    assert "incomplete episode" in caplog.text
+
+
+def _additive_model(llama_tokenizer):
+    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    settings = MetaPromptSettings(inner_lr=0.5, max_inner_lr=5.0, text_composition="additive", texts_per_episode=2)
+    return MetaPromptModel(MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2), llama_tokenizer)
+
+
+def test_additive_absorb_is_one_step_on_the_summed_loss_in_any_order(llama_tokenizer):
+    model = _additive_model(llama_tokenizer)
+    texts = [EXAMPLES[0]["context"], EXAMPLES[1]["context"]]
+    query = llama_tokenizer(["Q: Who is Carla Diaz?\nA:"], return_tensors="pt")
+
+    def logits():
+        with torch.no_grad():
+            return model(**query).logits
+
+    model.absorb(texts)
+    together = logits()
+    model.reset().absorb(texts[::-1])
+    torch.testing.assert_close(logits(), together, rtol=1e-5, atol=1e-5)  # order does not matter
+    model.reset().absorb(texts[0]).absorb(texts[1])
+    torch.testing.assert_close(logits(), together, rtol=1e-5, atol=1e-5)  # streaming = all at once
+    model.reset().absorb(texts[0])
+    assert not torch.allclose(logits(), together, atol=1e-4)  # the second text did change something
