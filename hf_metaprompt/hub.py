@@ -96,6 +96,11 @@ def eval_rows_to_eval_results(
         args: dict[str, Any] = {"condition": str(row["condition"])}
         if n is not None:
             args["n"] = int(n)
+        texts, questions = int(row.get("texts", 1)), str(row.get("questions", "all"))
+        name = str(row["condition"])
+        if texts != 1 or questions != "all":
+            args.update(texts=texts, questions=questions)
+            name += f", {texts} texts, {questions} questions"
         for metric in EVAL_METRICS:
             value = _number(row, metric)
             if value is None:
@@ -109,7 +114,7 @@ def eval_rows_to_eval_results(
                     dataset_split=row.get("split"),
                     metric_type=metric,
                     metric_value=value,
-                    metric_name=f"{metric} ({row['condition']})",
+                    metric_name=f"{metric} ({name})",
                     metric_args=dict(args),
                 )
             )
@@ -125,6 +130,14 @@ def _format_value(value: Any) -> str:
 
 def _format_metric(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _texts_phrase(inner_settings: Mapping[str, Any]) -> str:
+    texts = inner_settings.get("texts_per_episode", 1)
+    composition = inner_settings.get("text_composition", "sequential")
+    how = "each update adding to the others" if composition == "additive" else "each step continuing the previous"
+    episodes = "one text" if texts == 1 else f"episodes of {texts} texts"
+    return f"this checkpoint was meta-trained on {episodes}, {how}"
 
 
 def _inner_rows(inner_settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -224,6 +237,8 @@ def build_model_card(
     results_rows = [
         {
             "task": row["task"],
+            "texts": row.get("texts", 1),
+            "questions": row.get("questions", "all"),
             "condition": row["condition"],
             "direction": row.get("direction") or "n/a",
             "exact_match": _format_metric(_number(row, "exact_match"), 3),
@@ -239,6 +254,7 @@ def build_model_card(
         repo_id=repo_id,
         adapted_params=_adapted_params(inner_settings, library_name),
         inner_steps_phrase=inner_steps_phrase,
+        texts_phrase=_texts_phrase(inner_settings),
         inner_rows=_inner_rows(inner_settings),
         inner_lr_rows=[(module, _format_value(float(lr))) for module, lr in inner_lrs.items()],
         max_context_length=inner_settings.get("max_context_length"),

@@ -94,7 +94,7 @@ def test_saved_card_loads_and_metadata_round_trips(tmp_path):
     body = card.text
     assert "Can Gradient Descent Simulate Prompting?" in body
     assert "Zhang" in body and "Choshen" in body and "Andreas" in body
-    assert "| tiny_world | meta-trained + inner step | reverse | 0.350 | n/a | -2.00 | 200 |" in body
+    assert "| tiny_world | 1 | all | meta-trained + inner step | reverse | 0.350 | n/a | -2.00 | 200 |" in body
     assert "| `inner_lr` | 0.01 |" in body
     assert "`model.layers.0.self_attn.q_proj` | 0.0123" in body
     assert _code_blocks(body, "bash") == ["hf-metaprompt train --task tiny_world --output_dir out\n"]
@@ -172,3 +172,18 @@ def test_card_validates_and_pushes_to_local_hub(hub_server):
     assert info.card_data.base_model == BASE_MODEL
     assert info.model_index[0]["name"] == REPO_ID
     assert ModelCard.load(REPO_ID).data.to_dict() == card.data.to_dict()
+
+
+def test_many_texts_rows_stay_distinct_in_the_model_index():
+    curve = [
+        {"task": "tiny_world", "condition": "meta_1step", "direction": "forward", "texts": texts,
+         "questions": questions, "exact_match": value, "n": 16}
+        for texts, questions, value in [(1, "all", 0.8), (16, "all", 0.6), (16, "first_text", 0.5)]
+    ]  # fmt: skip
+    settings = {**INNER_SETTINGS, "texts_per_episode": 8, "text_composition": "additive"}
+    card = build_model_card(**_card_kwargs(eval_results=curve, inner_settings=settings))
+    names = [r.metric_name for r in card.data.eval_results]
+    assert len(names) == len(set(names)) == 3
+    assert "exact_match (meta_1step, 16 texts, first_text questions)" in names
+    assert "| tiny_world | 16 | first_text | meta_1step | forward | 0.500 |" in card.text
+    assert "episodes of 8 texts, each update adding to the others" in card.text
