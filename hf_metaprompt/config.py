@@ -42,6 +42,10 @@ class MetaDistillConfig(TrainingArguments):
             tasks of a batch is an episode (their contexts absorbed in order, each continuing from the previous fast
             weights), then the questions of all its tasks are asked, each distilled from the base prompted with its
             own text. The batch size must be a multiple of it. A checkpoint meta-trained with 1 holds one text.
+        vary_texts_per_episode (`bool`, *optional*, defaults to `False`):
+            Draw each batch's episode length uniformly from the powers of two dividing `texts_per_episode` (1, 2, 4, ...)
+            instead of always using `texts_per_episode`: one checkpoint then holds anything from one text to the
+            most it was trained for (with `"additive"`, the size of an update grows with the number of texts).
         text_composition (`str`, *optional*, defaults to `"sequential"`):
             How several texts combine, in meta-training episodes and when absorbing: `"sequential"` (each text's step
             starts from the weights the previous text left) or `"additive"` (each text's update is computed from the
@@ -134,6 +138,10 @@ class MetaDistillConfig(TrainingArguments):
             "help": "Texts absorbed one after another per episode (consecutive tasks of a batch); the questions of "
             "all of them are asked after the last. The batch size must be a multiple of it."
         },
+    )
+    vary_texts_per_episode: bool = field(
+        default=False,
+        metadata={"help": "Draw each batch's episode length from the powers of two up to texts_per_episode."},
     )
     text_composition: str = field(
         default="sequential",
@@ -252,6 +260,7 @@ class MetaDistillConfig(TrainingArguments):
             max_inner_lr=self.max_inner_lr,
             inner_steps=self.inner_steps,
             texts_per_episode=self.texts_per_episode,
+            vary_texts_per_episode=self.vary_texts_per_episode,
             text_composition=self.text_composition,
             first_order=self.first_order,
             distill_loss=self.distill_loss,

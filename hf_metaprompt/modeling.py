@@ -162,6 +162,14 @@ class MetaDistillModel(nn.Module):
         )
 
     # ----- inner step(s)
+    def episode_length(self) -> int:
+        """`texts_per_episode`, or during training with `vary_texts_per_episode` a power of two dividing it."""
+        most = self.settings.texts_per_episode
+        if not (self.settings.vary_texts_per_episode and self.training):
+            return most
+        choices = [2**k for k in range(most.bit_length()) if most % 2**k == 0]  # each divides the batch
+        return choices[int(torch.randint(len(choices), ()))]
+
     def absorb_episodes(
         self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor
     ) -> tuple[FastWeights, torch.Tensor]:
@@ -170,7 +178,7 @@ class MetaDistillModel(nn.Module):
         Rows come episode by episode (`texts_per_episode` consecutive rows each), as `PromptTargetCollator` groups
         them. Differentiable through every step when gradients are enabled (training).
         """
-        texts = self.settings.texts_per_episode
+        texts = self.episode_length()
         rows = context_input_ids.shape[0]
         if rows % texts:
             raise ValueError(

@@ -32,6 +32,7 @@ class MetaPromptSettings:
     max_inner_lr: float = 1e-1
     inner_steps: int = 1
     texts_per_episode: int = 1
+    vary_texts_per_episode: bool = False
     text_composition: str = "sequential"
     first_order: bool = False
     distill_loss: str = "forward_kl"

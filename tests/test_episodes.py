@@ -162,3 +162,14 @@ def test_additive_absorb_is_one_step_on_the_summed_loss_in_any_order(llama_token
     torch.testing.assert_close(logits(), together, rtol=1e-5, atol=1e-5)  # streaming = all at once
     model.reset().absorb(texts[0])
     assert not torch.allclose(logits(), together, atol=1e-4)  # the second text did change something
+
+
+def test_varied_episode_lengths_are_powers_of_two_in_training_only():
+    meta = build(texts_per_episode=8, vary_texts_per_episode=True)
+    meta.train()
+    torch.manual_seed(0)
+    drawn = {meta.episode_length() for _ in range(64)}
+    assert drawn == {1, 2, 4, 8}
+    meta.eval()
+    assert meta.episode_length() == 8
+    assert build(texts_per_episode=6, vary_texts_per_episode=True).train().episode_length() in {1, 2}
