@@ -46,6 +46,27 @@ def is_repo_id(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def local_path_or_repo_id(value: str | os.PathLike, what: str) -> Path | str:
+    """An existing local directory as a `Path`, else a Hub repo id as a `str`.
+
+    What cannot be a repo id, or looks local (starts with `.`, `/` or `~`, or its first folder exists here), is
+    reported as a missing local directory before the Hub is tried: `outputs/tiny-wrld` is a typo, not a repo.
+    """
+    text = os.fspath(value)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{what} {text!r} is a file; pass the directory that holds it.")
+    first = Path(text).parts[0] if Path(text).parts else ""
+    looks_local = text.startswith((".", "/", "~")) or (os.sep in text and Path(first).is_dir())
+    if looks_local or not is_repo_id(text):
+        raise FileNotFoundError(
+            f"{what} {text!r}: no such local directory{'' if looks_local else ', and not a valid Hub repo id'}."
+        )
+    return text
+
+
 def _check_repo_id(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"`{field_name}` must be a non-empty Hub repo id (e.g. 'org/name'), got {value!r}.")
