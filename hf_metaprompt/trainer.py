@@ -297,10 +297,12 @@ class MetaDistillTrainer(Trainer):
             return
         output_dir = Path(self.args.output_dir)
         examples = {"example_context": example_context, "example_question": example_question}
+        hub_id = self.hub_model_id or self.args.hub_model_id
         write_checkpoint_card(
             output_dir,
             self.meta_model.current_settings(),
-            repo_id=self.hub_model_id or self.args.hub_model_id or model_name or output_dir.name,
+            repo_id=hub_id or model_name or output_dir.name,
+            load_path=None if hub_id else str(output_dir),  # not on the Hub: the usage code loads the folder
             eval_results=eval_results,
             datasets=[dataset_name] if dataset_name else None,
             command=command,

@@ -315,3 +315,56 @@ def test_missing_local_paths_are_not_reported_as_hub_problems(checkpoint, tmp_pa
             args=config(tmp_path, teacher="outputs/teacher"),
             processing_class=_tokenizer(bos=True),
         )
+
+
+def test_push_keeps_the_local_card_and_records_its_command(checkpoint, hub_server, tmp_path, monkeypatch, capsys):
+    from hf_metaprompt.hub import write_checkpoint_card
+
+    directory, _ = checkpoint
+    model = MetaPromptModel.from_pretrained(directory)
+    model.meta.settings.base_model = "test-user/tiny-base"
+    folder = tmp_path / "save"
+    model.save_pretrained(folder)
+    command = "accelerate launch examples/run_meta.py --max_steps 4"
+    write_checkpoint_card(
+        folder, model.meta.current_settings(), "local-run", command=command, example_context=TEXTS[0],
+        example_question=QUERIES[0],
+    )  # fmt: skip
+    local_card = (folder / "README.md").read_bytes()
+
+    # No network: one line, exit code 2, and the local card untouched.
+    import httpx2
+    from huggingface_hub import HfApi as Api
+
+    def refused(*args, **kwargs):
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(Api, "create_repo", refused)
+        assert cli_main(["push", str(folder), "test-user/offline"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("hf-metaprompt: error: ") and "Connection refused" in error and error.count("\n") == 1
+    assert (folder / "README.md").read_bytes() == local_card
+
+    # A failed commit leaves it too; a successful push uploads a card for the repo with the recorded command.
+    hub_server.fail_next("commit", status=500)
+    assert cli_main(["push", str(folder), "test-user/pushed"]) == 2
+    assert (folder / "README.md").read_bytes() == local_card
+    assert cli_main(["push", str(folder), "test-user/pushed"]) == 0
+    assert (folder / "README.md").read_bytes() == local_card
+    card = ModelCard.load("test-user/pushed")
+    assert card.text.splitlines()[1] == "# test-user/pushed"
+    assert command in card.text and json.dumps(TEXTS[0]) in card.text
+    assert 'from_pretrained("test-user/pushed")' in card.text
+
+
+def test_saving_never_looks_up_the_base_model_online(checkpoint, tmp_path, monkeypatch):
+    import peft.utils.save_and_load as peft_save
+
+    lookups = []
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", lambda *args, **kwargs: lookups.append(args))
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    model.meta.record_base_model("hf_metaprompt/tiny-base")  # no such Hub repo
+    model.save_pretrained(tmp_path / "copy")
+    assert lookups == []
