@@ -2,7 +2,7 @@
 
 python examples/evaluate.py outputs/tiny-world --task tiny_world
 python examples/evaluate.py outputs/tiny-world --task tiny_world --contexts_per_update 4
-python examples/evaluate.py outputs/reversal --task reversal --dataset_name ../shared/data/reversal_curse
+python examples/evaluate.py outputs/reversal --task reversal --dataset_name tests/fixtures/reversal_curse
 """
 
 import sys

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from .assets import TINY_BASE_ID, tiny_base_path
 from .collator import pad_rows, pad_token_id, special_prefix_ids
+from .compat import quiet_peft_wrapping
 from .fast_weights import FastWeights, use_fast_weights
 from .hub import local_path_or_repo_id
 from .inner import inner_update
@@ -83,7 +84,7 @@ class MetaPromptModel(nn.Module):
             if not base_id:
                 raise ValueError(f"{directory} does not say which base model it adapts; pass `base_model=`.")
             base = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
-            with _naming_corrupt_file(directory / ADAPTER_WEIGHTS_NAME):
+            with _naming_corrupt_file(directory / ADAPTER_WEIGHTS_NAME), quiet_peft_wrapping():
                 model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
             teacher = None
         else:

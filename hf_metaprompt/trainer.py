@@ -27,6 +27,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .collator import PromptTargetCollator, pad_token_id
+from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
 from .hub import DEFAULT_TAGS, local_path_or_repo_id, write_checkpoint_card
 from .modeling import MetaDistillModel
@@ -368,7 +369,8 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
             target_modules=args.lora_target_modules or "all-linear",
             task_type="CAUSAL_LM",
         )
-    return get_peft_model(model, peft_config)
+    with quiet_peft_wrapping():
+        return get_peft_model(model, peft_config)
 
 
 def _load_teacher(model: nn.Module, args: MetaDistillConfig) -> nn.Module | None:

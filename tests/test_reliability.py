@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -197,8 +198,14 @@ def test_config_refuses_what_would_fail_later(tmp_path, overrides, message):
         config(tmp_path, **overrides)
 
 
-def test_no_pin_memory_warning_without_an_accelerator(tmp_path):
-    assert config(tmp_path).dataloader_pin_memory is False
+def test_a_training_run_warns_nothing_a_user_cannot_act_on(tmp_path, llama_tokenizer):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, llama_tokenizer, max_steps=1)
+        trainer.train()
+    messages = [str(warning.message) for warning in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m or "pin_memory" in m], messages
+    assert trainer.args.dataloader_pin_memory is False  # nothing to pin for without an accelerator
 
 
 # ----- secrets
