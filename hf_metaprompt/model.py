@@ -152,10 +152,10 @@ class MetaPromptModel(nn.Module):
     def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = self._prefix
         rows = []
-        for index, text in enumerate(texts):
+        for text in texts:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(prefix) + len(ids) < 2:
-                raise ValueError(f"Text {index} ({text!r}) is too short: a text must span at least two tokens.")
+                raise ValueError(f"The text {text!r} is too short: a text must span at least two tokens.")
             if len(ids) > self.settings.max_context_length:
                 logger.warning(
                     "Text of %d tokens truncated from the left to max_context_length=%d.",

@@ -187,11 +187,12 @@ class MetaDistillTrainer(Trainer):
 
     def _gradients_are_finite(self, model: nn.Module) -> bool:
         """Whether every process's accumulated gradients (and losses) are finite: one decision for all ranks."""
-        non_finite = self._non_finite_loss or any(
-            not bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None
-        )
-        self._non_finite_loss = False
-        flag = torch.tensor(float(non_finite), device=self.args.device)
+        non_finite_loss, self._non_finite_loss = self._non_finite_loss, False
+        if self.accelerator.scaler is not None:
+            return True  # fp16: the GradScaler skips non-finite steps itself, and must see them to lower its scale
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
+        flag = (~finite).float().to(self.args.device) + float(non_finite_loss)
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
         if bool(flag > 0):
