@@ -24,6 +24,7 @@ from .hub import local_path_or_repo_id
 from .inner import inner_update
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
+from .validation import position_limit
 
 logger = logging.getLogger(__name__)
 
@@ -151,18 +152,18 @@ class MetaPromptModel(nn.Module):
 
     def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = self._prefix
+        limit = self.settings.max_context_length
+        positions = position_limit(self.meta.model)
+        if positions is not None:
+            limit = min(limit, positions - len(prefix))  # past the position limit a model fails or runs silently off
         rows = []
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(prefix) + len(ids) < 2:
                 raise ValueError(f"The text {text!r} is too short: a text must span at least two tokens.")
-            if len(ids) > self.settings.max_context_length:
-                logger.warning(
-                    "Text of %d tokens truncated from the left to max_context_length=%d.",
-                    len(ids),
-                    self.settings.max_context_length,
-                )
-                ids = ids[-self.settings.max_context_length :]
+            if len(ids) > limit:
+                logger.warning("Text of %d tokens truncated from the left to its last %d tokens.", len(ids), limit)
+                ids = ids[-limit:]
             rows.append(prefix + ids)
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=False)
         return input_ids.to(self.device), mask.to(self.device)

@@ -368,3 +368,11 @@ def test_saving_never_looks_up_the_base_model_online(checkpoint, tmp_path, monke
     model.meta.record_base_model("hf_metaprompt/tiny-base")  # no such Hub repo
     model.save_pretrained(tmp_path / "copy")
     assert lookups == []
+
+
+def test_texts_longer_than_the_position_limit_are_cut_to_fit(checkpoint, caplog):
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    assert model.settings.max_context_length > model.meta.model.config.max_position_embeddings == 256
+    with caplog.at_level("WARNING", logger="hf_metaprompt"):
+        model.absorb(" ".join(TEXTS * 60))  # ~700 tokens
+    assert "truncated from the left to its last 255 tokens" in caplog.text  # 256 positions, one for <s>
