@@ -2,7 +2,7 @@
 
 python examples/evaluate.py outputs/tiny-world --task tiny_world
 python examples/evaluate.py outputs/tiny-world --task tiny_world --texts_absorbed 1 2 4 8 16
-python examples/evaluate.py outputs/reversal --task reversal --dataset_name ../shared/data/reversal_curse
+python examples/evaluate.py outputs/reversal --task reversal --dataset_name tests/fixtures/reversal_curse
 """
 
 import sys

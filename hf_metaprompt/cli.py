@@ -14,12 +14,13 @@ import logging
 import sys
 from pathlib import Path
 
-from huggingface_hub.errors import HfHubHTTPError
+# The Hub client's base HTTP error: error statuses (`HfHubHTTPError`) and no connection at all.
+from huggingface_hub.errors import HTTPError as HubHTTPError
 
 logger = logging.getLogger("hf_metaprompt")
 
 # Bad input and unreachable or missing repositories: one line and exit code 2, not a traceback.
-USER_ERRORS = (ValueError, TypeError, KeyError, OSError, HfHubHTTPError)
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, HubHTTPError)
 
 
 def _build_parser() -> argparse.ArgumentParser:

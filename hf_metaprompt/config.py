@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from .settings import DISTILL_LOSSES, DISTILL_ON, INNER_PARAMS, TEXT_COMPOSITIONS, MetaPromptSettings
@@ -43,9 +44,9 @@ class MetaDistillConfig(TrainingArguments):
             weights), then the questions of all its tasks are asked, each distilled from the base prompted with its
             own text. The batch size must be a multiple of it. A checkpoint meta-trained with 1 holds one text.
         vary_texts_per_episode (`bool`, *optional*, defaults to `False`):
-            Draw each batch's episode length uniformly from the powers of two dividing `texts_per_episode` (1, 2, 4, ...)
-            instead of always using `texts_per_episode`: one checkpoint then holds anything from one text to the
-            most it was trained for (with `"additive"`, the size of an update grows with the number of texts).
+            Draw each batch's episode length uniformly from the powers of two dividing `texts_per_episode` (1, 2,
+            4, ...) instead of always using `texts_per_episode`, so that one checkpoint is trained for every number
+            of texts up to its most (with `"additive"`, the size of an update grows with the number of texts).
         text_composition (`str`, *optional*, defaults to `"sequential"`):
             How several texts combine, in meta-training episodes and when absorbing: `"sequential"` (each text's step
             starts from the weights the previous text left) or `"additive"` (each text's update is computed from the
@@ -99,6 +100,9 @@ class MetaDistillConfig(TrainingArguments):
         teacher (`str`, *optional*, defaults to `"base"`):
             `"base"`: the model itself without the adapter (no second copy); otherwise a path or Hub id of a
             separate frozen model sharing the tokenizer.
+        max_consecutive_skipped_steps (`int`, *optional*, defaults to `10`):
+            A step whose loss or gradient is not finite is skipped (weights and optimizer state untouched); this many
+            skipped steps in a row stop training with an error instead of running on without learning.
         model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when the model (or teacher) is given as a
             string.
@@ -194,17 +198,33 @@ class MetaDistillConfig(TrainingArguments):
         default="base",
         metadata={"help": "'base' (the model without adapter) or a path/Hub id of a separate frozen model."},
     )
+    max_consecutive_skipped_steps: int = field(
+        default=10, metadata={"help": "Non-finite steps in a row (each skipped) after which training stops."}
+    )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Kwargs for AutoModelForCausalLM.from_pretrained when loading by name."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.torch_compile:
+            raise ValueError(
+                "torch_compile=True is not supported: the meta-gradient differentiates through the inner step "
+                "(double backward), which compiled graphs (aot_autograd) do not support. Set torch_compile=False."
+            )
+        _check_positive(self, "inner_lr", "inner_steps", "lora_r", "lora_alpha", "distill_temperature")
+        _check_positive(self, "max_context_length", "max_query_length", "max_answer_length")
+        _check_positive(self, "max_consecutive_skipped_steps")
+        for name in ("min_inner_lr", "max_inner_lr", "inner_lr_learning_rate"):
+            if getattr(self, name) is not None:
+                _check_positive(self, name)
+        for name in ("inner_steps", "max_consecutive_skipped_steps"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
         if self.min_inner_lr is None:
             self.min_inner_lr = self.inner_lr / 100
         if self.max_inner_lr is None:
             self.max_inner_lr = self.inner_lr * 10
-        _check_positive(self, "inner_lr", "inner_steps", "lora_r", "lora_alpha", "distill_temperature")
         _check_positive(self, "texts_per_episode")
         if not isinstance(self.texts_per_episode, int):
             raise ValueError(f"`texts_per_episode` must be an integer, got {self.texts_per_episode!r}.")
@@ -214,11 +234,8 @@ class MetaDistillConfig(TrainingArguments):
                     f"`{name}`={getattr(self, name)} is not a multiple of texts_per_episode={self.texts_per_episode}: "
                     "a batch holds whole episodes."
                 )
-        _check_positive(self, "max_context_length", "max_query_length", "max_answer_length")
-        if self.inner_lr_learning_rate is not None:
-            _check_positive(self, "inner_lr_learning_rate")
-        if not isinstance(self.inner_steps, int):
-            raise ValueError(f"`inner_steps` must be an integer, got {self.inner_steps!r}.")
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False  # nothing to pin for: avoids torch's warning on every run
         if not 0 < self.min_inner_lr <= self.inner_lr <= self.max_inner_lr:
             raise ValueError(
                 "Inner learning rates must satisfy 0 < min_inner_lr <= inner_lr <= max_inner_lr, got "

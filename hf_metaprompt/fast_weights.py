@@ -5,14 +5,16 @@ task, broadcast to any batch). The gradient of a sum of per-task losses w.r.t. s
 per-task gradients, which makes the inner step batched without a Python loop over tasks.
 
 Substitution works by temporarily replacing the `forward` of the adapted `nn.Linear`/`Conv1D` modules. The active
-state lives in this module (not in a `with` block of the caller) because activation checkpointing recomputes layers
-during backward, long after the caller's block has exited: `checkpoint_context_fn` re-activates, during each
-recompute, exactly the fast weights and attention kernel that were active when the layer first ran.
+state is per thread (threads serving different models or texts never see each other's weights), and it is not tied
+to a `with` block of the caller because activation checkpointing recomputes layers during backward, long after the
+caller's block has exited: `checkpoint_context_fn` re-activates, during each recompute, exactly the fast weights and
+attention kernel that were active when the layer first ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -167,19 +169,30 @@ class FastWeights:
         return self.tensors[offset], bias
 
 
-@dataclass
+@dataclass(frozen=True)
 class _ActiveState:
     fast_weights: FastWeights | None = None
     math_attention: bool = False
 
 
-# Global rather than thread-local on purpose: autograd may recompute checkpointed layers on its own device threads.
-_ACTIVE = _ActiveState()
-_PATCHED: dict[int, nn.Module] = {}
+class _ThreadState(threading.local):
+    """Each thread sees only the fast weights it activated: models absorbing different texts in parallel threads
+    stay apart. A layer recomputed by activation checkpointing, on whatever thread autograd picks, gets the state of
+    its original forward back from `checkpoint_context_fn`, which captured it explicitly."""
+
+    def __init__(self) -> None:
+        self.state = _ActiveState()
+
+
+_ACTIVE = _ThreadState()
+# The patched `forward`s are shared by all threads (they read the calling thread's state): installed while any
+# thread uses fast weights of a module, counted so that one thread leaving never unpatches another's modules.
+_PATCHED: dict[int, tuple[nn.Module, int]] = {}
+_PATCH_LOCK = threading.Lock()
 
 
 def _batched_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    fast_weights = _ACTIVE.fast_weights
+    fast_weights = _ACTIVE.state.fast_weights
     if fast_weights is None or module not in fast_weights.modules:
         return type(module).forward(module, x)
     weight, bias = fast_weights._weights_of(module)
@@ -200,17 +213,23 @@ def _batched_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _install(modules: AdaptedModules) -> None:
-    for linear in modules.linears:
-        module = linear.module
-        if id(module) not in _PATCHED:
-            module.forward = _bound_forward(module)
-            _PATCHED[id(module)] = module
+    with _PATCH_LOCK:
+        for linear in modules.linears:
+            module, users = _PATCHED.get(id(linear.module), (linear.module, 0))
+            if users == 0:
+                module.forward = _bound_forward(module)
+            _PATCHED[id(module)] = (module, users + 1)
 
 
-def _uninstall() -> None:
-    for module in _PATCHED.values():
-        module.__dict__.pop("forward", None)
-    _PATCHED.clear()
+def _uninstall(modules: AdaptedModules) -> None:
+    with _PATCH_LOCK:
+        for linear in modules.linears:
+            module, users = _PATCHED[id(linear.module)]
+            if users == 1:
+                module.__dict__.pop("forward", None)
+                del _PATCHED[id(module)]
+            else:
+                _PATCHED[id(module)] = (module, users - 1)
 
 
 def _bound_forward(module: nn.Module):
@@ -227,17 +246,17 @@ def use_fast_weights(fast_weights: FastWeights | None, math_attention: bool = Fa
     The math kernel is what the inner (context) forward needs: flash and memory-efficient SDPA have no double
     backward, so second-order meta-gradients through them fail.
     """
-    previous = _ActiveState(_ACTIVE.fast_weights, _ACTIVE.math_attention)
+    previous = _ACTIVE.state
     if fast_weights is not None:
         _install(fast_weights.modules)
-    _ACTIVE.fast_weights, _ACTIVE.math_attention = fast_weights, math_attention
+    _ACTIVE.state = _ActiveState(fast_weights, math_attention)
     try:
         with sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext():
             yield
     finally:
-        _ACTIVE.fast_weights, _ACTIVE.math_attention = previous.fast_weights, previous.math_attention
-        if _ACTIVE.fast_weights is None:
-            _uninstall()
+        _ACTIVE.state = previous
+        if fast_weights is not None:
+            _uninstall(fast_weights.modules)
 
 
 def checkpoint_context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
@@ -246,7 +265,7 @@ def checkpoint_context_fn() -> tuple[contextlib.AbstractContextManager, contextl
     Without it, a layer recomputed during backward runs with whatever weights are active then (usually the shared
     ones): the meta-gradient silently comes out 40-50% wrong.
     """
-    return contextlib.nullcontext(), _Reactivate(_ActiveState(_ACTIVE.fast_weights, _ACTIVE.math_attention))
+    return contextlib.nullcontext(), _Reactivate(_ACTIVE.state)
 
 
 class _Reactivate:

@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import os
+import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .assets import TINY_BASE_ID
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,27 @@ def is_repo_id(value: Any) -> bool:
     except (HFValidationError, TypeError):
         return False
     return isinstance(value, str) and bool(value.strip())
+
+
+def local_path_or_repo_id(value: str | os.PathLike, what: str) -> Path | str:
+    """An existing local directory as a `Path`, else a Hub repo id as a `str`.
+
+    What cannot be a repo id, or looks local (starts with `.`, `/` or `~`, or its first folder exists here), is
+    reported as a missing local directory before the Hub is tried: `outputs/tiny-wrld` is a typo, not a repo.
+    """
+    text = os.fspath(value)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{what} {text!r} is a file; pass the directory that holds it.")
+    first = Path(text).parts[0] if Path(text).parts else ""
+    looks_local = text.startswith((".", "/", "~")) or (os.sep in text and Path(first).is_dir())
+    if looks_local or not is_repo_id(text):
+        raise FileNotFoundError(
+            f"{what} {text!r}: no such local directory{'' if looks_local else ', and not a valid Hub repo id'}."
+        )
+    return text
 
 
 def _check_repo_id(value: Any, field_name: str) -> str:
@@ -180,6 +205,7 @@ def build_model_card(
     task_type: str = "question-answering",
     example_context: str = _EXAMPLE_CONTEXT,
     example_question: str = _EXAMPLE_QUESTION,
+    load_path: str | None = None,
 ) -> ModelCard:
     """Render the card of a meta-trained checkpoint.
 
@@ -199,6 +225,8 @@ def build_model_card(
         task_type (`str`, *optional*, defaults to `"question-answering"`): model-index task type of the rows
             (a row's own `task_type` key wins), e.g. `"text-generation"`.
         example_context / example_question (`str`, *optional*): the text and question of the usage snippet.
+        load_path (`str`, *optional*): what the usage snippet loads, when the checkpoint is not (yet) on the Hub
+            under `repo_id`: e.g. the local output directory. Defaults to `repo_id`.
     """
     repo_id = _check_repo_id(repo_id, "repo_id")
     base_model = _check_repo_id(base_model, "base_model")
@@ -211,12 +239,14 @@ def build_model_card(
     dataset_list = [_check_repo_id(d, "datasets") for d in datasets or []]
     rows = _check_rows(eval_results)
 
+    # The shipped tiny base has no Hub repository: neither link it nor declare it as the Hub base model.
+    base_model_on_hub = base_model != TINY_BASE_ID
     all_tags = [*DEFAULT_TAGS, *(tags or [])]
     if library_name == "peft":
-        all_tags += ["lora", f"base_model:adapter:{base_model}"]
+        all_tags += ["lora", *([f"base_model:adapter:{base_model}"] if base_model_on_hub else [])]
     evals = eval_rows_to_eval_results(rows, task_type=task_type)
     card_data = ModelCardData(
-        base_model=base_model,
+        base_model=base_model if base_model_on_hub else None,
         library_name=library_name,
         license=license,
         datasets=dataset_list or None,
@@ -252,6 +282,9 @@ def build_model_card(
         card_data,
         template_path=str(MODEL_CARD_TEMPLATE_PATH),
         repo_id=repo_id,
+        base_model=base_model,
+        base_model_on_hub=base_model_on_hub,
+        load_path=json.dumps(load_path or repo_id),
         adapted_params=_adapted_params(inner_settings, library_name),
         inner_steps_phrase=inner_steps_phrase,
         texts_phrase=_texts_phrase(inner_settings),
@@ -275,8 +308,6 @@ def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     card = build_model_card(**kwargs)
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        logger.info("Replacing the existing model card %s", path)
     card.save(path)
     return path
 
@@ -286,11 +317,13 @@ def write_checkpoint_card(
     settings: Any,
     repo_id: str,
     eval_results: Sequence[Mapping[str, Any]] | None = None,
+    results_folder: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Path:
-    """The card of a saved checkpoint, from its `MetaPromptSettings`; results from `eval_results.json` unless given."""
+    """The card of a saved checkpoint, from its `MetaPromptSettings`; results from `eval_results.json` (of
+    `results_folder`, default `folder`) unless given."""
     folder = Path(folder)
-    results_file = folder / RESULTS_FILE_NAME
+    results_file = Path(results_folder or folder) / RESULTS_FILE_NAME
     if eval_results is None and results_file.is_file():
         eval_results = json.loads(results_file.read_text())
     return write_model_card(
@@ -302,6 +335,30 @@ def write_checkpoint_card(
         library_name="peft" if settings.uses_adapter else "transformers",
         **kwargs,
     )
+
+
+def recorded_card_inputs(card_path: str | os.PathLike) -> dict[str, Any]:
+    """What a card written by `write_checkpoint_card` records beyond the settings and results: the command, the
+    usage example, datasets and extra tags. Empty for a missing or foreign README (e.g. PEFT's generic one)."""
+    path = Path(card_path)
+    if not path.is_file():
+        return {}
+    card = ModelCard.load(path)
+    tags = list(card.data.tags or [])
+    if DEFAULT_TAGS[0] not in tags:
+        return {}
+    recorded: dict[str, Any] = {
+        "tags": [t for t in tags if t not in (*DEFAULT_TAGS, "lora") and not t.startswith("base_model:")],
+        "datasets": card.data.datasets,
+    }
+    command = re.search(r"## How it was produced\s+```bash\n(.*?)\n```", card.text, flags=re.DOTALL)
+    context = re.search(r"^model\.absorb\((.*)\)$", card.text, flags=re.MULTILINE)
+    question = re.search(r"^print\(model\.ask\((.*)\)\)$", card.text, flags=re.MULTILINE)
+    if command:
+        recorded["command"] = command.group(1)
+    if context and question:  # JSON string literals, as `build_model_card` writes them
+        recorded["example_context"], recorded["example_question"] = map(json.loads, (context[1], question[1]))
+    return {key: value for key, value in recorded.items() if value}
 
 
 def push_checkpoint(
@@ -316,21 +373,29 @@ def push_checkpoint(
     """Upload a saved checkpoint (adapter or weights, `metaprompt_config.json`, tokenizer, results, plot) with a
     model card written for `repo_id`, in one commit. Returns the commit URL.
 
-    Nothing is changed locally except `README.md`; if the upload fails, the saved files are intact.
+    The card is rebuilt for `repo_id` from what the checkpoint records (settings, results, and the command and example
+    of its existing card); nothing in `folder` is changed, whether the upload succeeds or fails.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.utils import filter_repo_objects
 
     from .settings import MetaPromptSettings
 
     folder = Path(folder)
-    write_checkpoint_card(folder, MetaPromptSettings.load(folder), repo_id, command=command)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        commit_message=commit_message,
-        # Checkpoints of the run and pickles stay local: the Hub copy is loaded from safetensors and JSON only.
-        ignore_patterns=["checkpoint-*", "_*", "*.bin", "*.pt", "*.pth"],
+    settings = MetaPromptSettings.load(folder)
+    recorded = recorded_card_inputs(folder / "README.md")
+    if command:
+        recorded["command"] = command
+    # Checkpoints of the run and pickles stay local: the Hub copy is loaded from safetensors and JSON only.
+    files = filter_repo_objects(
+        (path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*")) if path.is_file()),
+        ignore_patterns=["checkpoint-*", "_*", "*.bin", "*.pt", "*.pth", ".git/*", ".cache/*", "README.md"],
     )
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in files]
+    with tempfile.TemporaryDirectory() as staging:
+        card = write_checkpoint_card(staging, settings, repo_id, results_folder=folder, **recorded)
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.read_bytes()))
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)
     return str(commit)

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import snapshot_download
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .assets import TINY_BASE_ID, tiny_base_path
 from .collator import pad_rows, pad_token_id, special_prefix_ids
+from .compat import quiet_peft_wrapping
 from .fast_weights import FastWeights, use_fast_weights
+from .hub import local_path_or_repo_id
 from .inner import inner_update
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
+from .validation import position_limit
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 class MetaPromptModel(nn.Module):
@@ -68,6 +74,7 @@ class MetaPromptModel(nn.Module):
         """
         directory = _resolve(repo_id_or_path, revision=revision, token=token)
         settings = MetaPromptSettings.load(directory)
+        _check_weight_files(directory, settings)
         load_kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
         if dtype is not None:
             load_kwargs["dtype"] = dtype
@@ -78,16 +85,20 @@ class MetaPromptModel(nn.Module):
             if not base_id:
                 raise ValueError(f"{directory} does not say which base model it adapts; pass `base_model=`.")
             base = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
-            model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+            with _naming_corrupt_file(directory / ADAPTER_WEIGHTS_NAME), quiet_peft_wrapping():
+                model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
             teacher = None
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(directory), **load_kwargs)
+            with _naming_corrupt_file(directory / "model.safetensors"):
+                model = AutoModelForCausalLM.from_pretrained(str(directory), **load_kwargs)
             # The teacher is only needed to meta-train further; using the model needs none.
             teacher = model
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         meta = MetaDistillModel(
             model, settings, teacher=teacher, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id
         )
+        _check_learned_lrs(meta, settings, directory)
+        meta.check_finite(f"Refusing to load {directory}")
         loaded = cls(meta, tokenizer)
         return loaded.to(device) if device is not None else loaded
 
@@ -110,25 +121,27 @@ class MetaPromptModel(nn.Module):
         - several texts with `per_row=True`: one independent state per text, computed in one batched pass; row `i`
           of every later batch then uses text `i` (one update per user or session).
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise ValueError("`absorb` takes a non-empty text or a list of non-empty texts.")
+        texts = _check_texts(texts)
+        # Every text is checked and encoded before any state changes: a bad text leaves nothing half-absorbed.
         if per_row:
-            self.fast_weights = self._inner_step(texts, start=None)
-            return self
-        if self.settings.text_composition == "additive":
-            self.fast_weights = self._add_update(self._inner_step(texts, start=None, rows_per_task=len(texts)))
-            return self
-        for text in texts:
-            self.fast_weights = self._inner_step([text], start=self.fast_weights)
+            self.fast_weights = self._inner_step(*self._encode_contexts(texts), start=None)
+        elif self.settings.text_composition == "additive":
+            if self.fast_weights is not None and self.fast_weights.num_tasks != 1:
+                raise ValueError("Per-row states are absorbed; reset() before absorbing shared texts.")
+            ids, mask = self._encode_contexts(texts)
+            self.fast_weights = self._add_update(self._inner_step(ids, mask, start=None, rows_per_task=len(texts)))
+        else:
+            encoded = [self._encode_contexts([text]) for text in texts]
+            state = self.fast_weights
+            for ids, mask in encoded:
+                state = self._inner_step(ids, mask, start=state)
+            self.fast_weights = state
         return self
 
     def _add_update(self, updated: FastWeights) -> FastWeights:
         """What was absorbed before plus the update of the new texts (both taken from the meta-trained weights)."""
         if self.fast_weights is None:
             return updated
-        if self.fast_weights.num_tasks != 1:
-            raise ValueError("Per-row states are absorbed; reset() before absorbing shared texts.")
         initial = self.meta.adapted.initial(1).tensors
         return FastWeights(
             updated.modules,
@@ -140,12 +153,13 @@ class MetaPromptModel(nn.Module):
         self.fast_weights = None
         return self
 
-    def _inner_step(self, texts: list[str], start: FastWeights | None, rows_per_task: int = 1) -> FastWeights:
-        if start is not None and start.num_tasks != len(texts):
+    def _inner_step(
+        self, ids: torch.Tensor, mask: torch.Tensor, start: FastWeights | None, rows_per_task: int = 1
+    ) -> FastWeights:
+        if start is not None and start.num_tasks != ids.shape[0]:
             raise ValueError(
                 f"{start.num_tasks} per-row states are absorbed; absorb {start.num_tasks} texts, or reset() first."
             )
-        ids, mask = self._encode_contexts(texts)
         fast_weights, _ = inner_update(
             self.meta.model,
             self.meta.adapted,
@@ -161,16 +175,18 @@ class MetaPromptModel(nn.Module):
 
     def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = self._prefix
+        limit = self.settings.max_context_length
+        positions = position_limit(self.meta.model)
+        if positions is not None:
+            limit = min(limit, positions - len(prefix))  # past the position limit a model fails or runs silently off
         rows = []
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > self.settings.max_context_length:
-                logger.warning(
-                    "Text of %d tokens truncated from the left to max_context_length=%d.",
-                    len(ids),
-                    self.settings.max_context_length,
-                )
-                ids = ids[-self.settings.max_context_length :]
+            if len(prefix) + len(ids) < 2:
+                raise ValueError(f"The text {text!r} is too short: a text must span at least two tokens.")
+            if len(ids) > limit:
+                logger.warning("Text of %d tokens truncated from the left to its last %d tokens.", len(ids), limit)
+                ids = ids[-limit:]
             rows.append(prefix + ids)
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=False)
         return input_ids.to(self.device), mask.to(self.device)
@@ -196,7 +212,9 @@ class MetaPromptModel(nn.Module):
         Each answer ends before `stop` (a new line by default: models tend to go on with the next question).
         """
         single = isinstance(queries, str)
-        queries = [queries] if single else list(queries)
+        queries = [queries] if single else _check_queries(queries)
+        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+            raise ValueError(f"`max_new_tokens` must be a positive integer or None, got {max_new_tokens!r}.")
         prefix = self._prefix
         rows = [prefix + self.tokenizer(q, add_special_tokens=False)["input_ids"] for q in queries]
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=True)
@@ -235,18 +253,66 @@ class MetaPromptModel(nn.Module):
             return push_checkpoint(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
+def _check_texts(texts: Any) -> list[str]:
+    """Texts as meta-training saw its contexts: strings without surrounding whitespace (a trailing newline from a
+    file would otherwise make the model answer with a new line, which `ask` cuts to an empty answer)."""
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError(f"`absorb` takes a non-empty text or a non-empty list of non-empty texts, got {texts!r:.80}.")
+    return [text.strip() for text in texts]
+
+
+def _check_queries(queries: Any) -> list[str]:
+    queries = list(queries) if isinstance(queries, Sequence) else None
+    if not queries or not all(isinstance(q, str) and q for q in queries):
+        raise ValueError("`ask` takes a non-empty question or a non-empty list of non-empty questions.")
+    return queries
+
+
 def _resolve(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> Path:
-    path = Path(repo_id_or_path)
-    if path.is_dir():
+    path = local_path_or_repo_id(repo_id_or_path, "checkpoint")
+    if isinstance(path, Path):
         return path
     return Path(
         snapshot_download(
-            str(repo_id_or_path),
+            path,
             revision=revision,
             token=token,
             allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md", "*.jinja"],
         )
     )
+
+
+def _check_weight_files(directory: Path, settings: MetaPromptSettings) -> None:
+    if settings.inner_params == "lora":
+        required = [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]
+        missing = [name for name in required if not (directory / name).is_file()]
+    else:
+        missing = [] if any(directory.glob("model*.safetensors")) else ["model.safetensors"]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: the checkpoint is incomplete.")
+
+
+@contextlib.contextmanager
+def _naming_corrupt_file(path: Path) -> Iterator[None]:
+    """safetensors reports a truncated file without its name; say which file to replace."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(f"{path} is corrupted or truncated ({error}); save or download it again.") from error
+
+
+def _check_learned_lrs(meta: MetaDistillModel, settings: MetaPromptSettings, directory: Path) -> None:
+    """A checkpoint meta-trained with learned inner LRs is a different procedure with the initial LR."""
+    if not settings.learn_inner_lr:
+        return
+    saved = settings.log_inner_lrs.keys() | settings.inner_lrs.keys()
+    missing = [name for name in meta.adapted.group_names if name not in saved]
+    if missing:
+        raise ValueError(
+            f"{directory / METAPROMPT_CONFIG_NAME} has learn_inner_lr=true but no learned inner LR for "
+            f"{missing[:3]} ({len(missing)} modules): the file is incomplete or belongs to another model."
+        )
 
 
 def _adapter_base(directory: Path) -> str | None:

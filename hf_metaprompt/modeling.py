@@ -283,9 +283,25 @@ class MetaDistillModel(nn.Module):
             config.base_model_name_or_path = base_model
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """PEFT adapter (or full model with `inner_params="all"`) + `metaprompt_config.json`."""
+        """PEFT adapter (or full model with `inner_params="all"`) + `metaprompt_config.json`.
+
+        Refuses non-finite weights or inner LRs: such a checkpoint would load and silently answer nothing.
+        """
+        self.check_finite(f"Refusing to save to {save_directory}")
+        if self.settings.inner_params == "lora":
+            # Vanilla LoRA never touches the embeddings; "auto" would look the base model up on the Hub (offline too).
+            kwargs.setdefault("save_embedding_layers", False)
         self.model.save_pretrained(save_directory, **kwargs)
         self.current_settings().save(save_directory)
+
+    def check_finite(self, what: str) -> None:
+        """Raise, naming the first offending tensor, if an adapted weight or a learned inner LR is NaN or infinite."""
+        named = [(linear.name, p) for linear in self.adapted.linears for p in linear.parameters()]
+        for name, tensor in [*named, ("log_inner_lrs", self.log_inner_lrs)]:
+            if not bool(torch.isfinite(tensor.detach()).all()):
+                raise ValueError(
+                    f"{what}: {name} holds non-finite values (NaN/inf): training diverged. Use an earlier checkpoint."
+                )
 
     def load_meta_state(self, directory: str | os.PathLike) -> None:
         """Restore the adapted weights and the learned inner LRs from a directory `save_pretrained` wrote."""
@@ -311,6 +327,7 @@ class MetaDistillModel(nn.Module):
         values = [settings_log_lr(settings, name) for name in self.adapted.group_names]
         with torch.no_grad():
             self.log_inner_lrs.copy_(torch.tensor(values))
+        self.check_finite(f"Refusing to load {directory}")
 
 
 def _is_lora_module(name: str) -> bool:

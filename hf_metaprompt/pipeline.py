@@ -175,7 +175,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
     trainer.meta_model.record_base_model(base_id)
     if not script_args.skip_training:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=_resume_argument(config))
     trainer.save_model(config.output_dir)
 
     rows = evaluate_all(
@@ -206,6 +206,20 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     if config.push_to_hub:
         trainer.push_to_hub(commit_message="Meta-trained checkpoint with evaluation results")
     return rows
+
+
+def _resume_argument(config: MetaDistillConfig) -> str | bool | None:
+    """`--resume_from_checkpoint DIR`, or `last`/`true` for the last complete checkpoint of `--output_dir`."""
+    resume = config.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("last", "true"):
+        return True
+    if not resume and any(Path(config.output_dir).glob("checkpoint-*")):
+        logger.warning(
+            "%s already holds checkpoints: training starts at step 0 and overwrites them. Pass "
+            "--resume_from_checkpoint last to continue from the last one.",
+            config.output_dir,
+        )
+    return resume
 
 
 def evaluate_all(

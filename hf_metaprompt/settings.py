@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -52,6 +53,33 @@ class MetaPromptSettings:
         """A PEFT adapter is the meta-learned part (`lora`, `base`); with `all` the model's own weights are."""
         return self.inner_params != "all"
 
+    def __post_init__(self) -> None:
+        """A wrong value here would change what `absorb` does without any error: refuse it."""
+        if self.inner_params not in INNER_PARAMS:
+            raise ValueError(f"`inner_params` must be one of {INNER_PARAMS}, got {self.inner_params!r}.")
+        if self.text_composition not in TEXT_COMPOSITIONS:
+            raise ValueError(f"`text_composition` must be one of {TEXT_COMPOSITIONS}, got {self.text_composition!r}.")
+        for name in (
+            "inner_steps",
+            "texts_per_episode",
+            "max_context_length",
+            "max_query_length",
+            "max_answer_length",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        rates = {name: getattr(self, name) for name in ("inner_lr", "min_inner_lr", "max_inner_lr")}
+        rates.update({f"inner_lrs[{key!r}]": value for key, value in self.inner_lrs.items()})
+        for name, value in rates.items():
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"`{name}` must be a finite positive number, got {value!r}.")
+        for key, value in self.log_inner_lrs.items():
+            if not _is_number(value) or not math.isfinite(value):
+                raise ValueError(f"`log_inner_lrs[{key!r}]` must be a finite number, got {value!r}.")
+        if not self.min_inner_lr <= self.max_inner_lr:
+            raise ValueError(f"min_inner_lr={self.min_inner_lr} > max_inner_lr={self.max_inner_lr}.")
+
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / METAPROMPT_CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,10 +93,15 @@ class MetaPromptSettings:
             raise FileNotFoundError(
                 f"{path} not found: this directory was not written by MetaDistillTrainer/MetaPromptModel."
             )
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path} is not a valid {METAPROMPT_CONFIG_NAME}: {error}") from error
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetaPromptSettings:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}.")
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
@@ -81,3 +114,7 @@ class MetaPromptSettings:
         if unknown:
             raise ValueError(f"Unknown keys in {METAPROMPT_CONFIG_NAME}: {unknown}.")
         return cls(**data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -23,13 +23,16 @@ from transformers import (
     Trainer,
     TrainerCallback,
 )
-from transformers.trainer_utils import EvalPrediction
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .collator import PromptTargetCollator, pad_token_id
+from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
-from .hub import DEFAULT_TAGS, write_checkpoint_card
+from .hub import DEFAULT_TAGS, local_path_or_repo_id, write_checkpoint_card
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
+from .validation import position_limit, validate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class MetaDistillTrainer(Trainer):
             raise TypeError(f"`args` must be a MetaDistillConfig, got {type(args).__name__}.")
         _check_distributed_support(args)  # before loading weights a ZeRO-3 launch would partition
         if isinstance(model, str):
+            model = str(local_path_or_repo_id(model, "model"))
             processing_class = processing_class or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model, **_init_kwargs(args))
         if processing_class is None:
@@ -95,6 +99,8 @@ class MetaDistillTrainer(Trainer):
         if data_collator is None:
             data_collator = PromptTargetCollator.from_config(processing_class, args)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._non_finite_loss = False
+        self._consecutive_skipped_steps = 0
         super().__init__(
             model=meta_model,
             args=args,
@@ -106,6 +112,28 @@ class MetaDistillTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        if isinstance(self.data_collator, PromptTargetCollator):
+            # Bad rows fail now, named by their row, not at step N in the middle of the run.
+            evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval_dataset": eval_dataset}
+            for name, dataset in {"train_dataset": train_dataset, **evals}.items():
+                if dataset is not None:
+                    validate_dataset(dataset, self.data_collator, position_limit(model), name)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint of `output_dir` (one a
+        kill interrupted while saving is skipped), and an explicit incomplete one is refused with what it lacks."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint in {self.args.output_dir} to resume from.")
+        elif resume_from_checkpoint:
+            missing = missing_checkpoint_files(resume_from_checkpoint)
+            if missing:
+                raise FileNotFoundError(
+                    f"Cannot resume from {resume_from_checkpoint}: {', '.join(missing)} missing or unreadable (a save "
+                    "was interrupted?). Pass resume_from_checkpoint=True to take the last complete checkpoint."
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -130,20 +158,12 @@ class MetaDistillTrainer(Trainer):
             # `num_items_in_batch` counts the targets of all processes, and DDP/DeepSpeed average the gradients over
             # them: scale back, as `Trainer.compute_loss` does, so N processes step like one with N times the batch.
             loss = loss * self.accelerator.num_processes
-        loss = self._guard_non_finite(loss)
+        if self.model.training and not bool(torch.isfinite(loss.detach())):
+            # The optimizer step of this batch is skipped (see `_gradients_are_finite`); backward still runs so that
+            # DDP's collective calls stay in step across processes.
+            self._non_finite_loss = True
         self._record(outputs)
         return (loss, outputs) if return_outputs else loss
-
-    def _guard_non_finite(self, loss: torch.Tensor) -> torch.Tensor:
-        """A non-finite meta-loss becomes an exact zero gradient (logged), instead of NaN weights.
-
-        The zero loss is still built from every trainable parameter so that DDP's backward stays in step.
-        """
-        if not self.model.training or bool(torch.isfinite(loss.detach())):
-            return loss
-        logger.warning("Non-finite meta-loss at step %d: skipping its gradient.", self.state.global_step)
-        self._metrics["train"]["skipped_batches"].append(1.0)
-        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
 
     def _record(self, outputs) -> None:
         mode = "train" if self.model.training else "eval"
@@ -152,8 +172,55 @@ class MetaDistillTrainer(Trainer):
         metrics["inner_loss"].append(outputs.inner_loss.item())
         metrics["teacher_agreement"].append(outputs.agreement.item())
         metrics["inner_lr"].append(self.meta_model.inner_lrs().mean().item())
-        if mode == "train":
-            metrics["skipped_batches"].append(0.0)
+
+    # ----- non-finite guard
+    def _clip_grad_norm(self, model: nn.Module):
+        if not self._gradients_are_finite(model):
+            return self._skip_optimizer_step(model)
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm=None):
+        # Called after `_clip_grad_norm`, or alone when `max_grad_norm=0`: then this is the first look at the step.
+        if grad_norm is None and not self._gradients_are_finite(model):
+            grad_norm = self._skip_optimizer_step(model)
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _gradients_are_finite(self, model: nn.Module) -> bool:
+        """Whether every process's accumulated gradients (and losses) are finite: one decision for all ranks."""
+        non_finite_loss, self._non_finite_loss = self._non_finite_loss, False
+        if self.accelerator.scaler is not None:
+            return True  # fp16: the GradScaler skips non-finite steps itself, and must see them to lower its scale
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
+        flag = (~finite).float().to(self.args.device) + float(non_finite_loss)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if bool(flag > 0):
+            return False
+        self._metrics["train"]["skipped_steps"].append(0.0)
+        self._consecutive_skipped_steps = 0
+        return True
+
+    def _skip_optimizer_step(self, model: nn.Module) -> torch.Tensor:
+        """Drop the gradients: `optimizer.step()` leaves parameters without a gradient untouched, optimizer state
+        (momentum, step count, weight decay) included. Raises after `max_consecutive_skipped_steps` in a row."""
+        for param in model.parameters():
+            param.grad = None
+        self._consecutive_skipped_steps += 1
+        self._metrics["train"]["skipped_steps"].append(1.0)
+        logger.warning(
+            "Non-finite loss or gradient at step %d: optimizer step skipped (%d in a row).",
+            self.state.global_step,
+            self._consecutive_skipped_steps,
+        )
+        limit = self.args.max_consecutive_skipped_steps
+        if self._consecutive_skipped_steps >= limit:
+            raise RuntimeError(
+                f"{self._consecutive_skipped_steps} optimizer steps in a row had a non-finite loss or gradient "
+                f"(max_consecutive_skipped_steps={limit}): training diverged. The weights are those of the last good "
+                "step. Lower `learning_rate`, `inner_lr` or `max_inner_lr`, or set `max_grad_norm`."
+            )
+        return torch.tensor(float("nan"))
 
     def prediction_step(
         self,
@@ -173,7 +240,7 @@ class MetaDistillTrainer(Trainer):
         prefix = "eval_" if mode == "eval" else ""
         for key, values in self._metrics[mode].items():
             if values:
-                logs[f"{prefix}{key}"] = sum(values) / len(values) if key != "skipped_batches" else sum(values)
+                logs[f"{prefix}{key}"] = sum(values) / len(values) if key != "skipped_steps" else sum(values)
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
@@ -199,7 +266,10 @@ class MetaDistillTrainer(Trainer):
         self.meta_model.save_pretrained(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        # Never the Hub token: `training_args.bin` is a plain pickle and `Trainer.push_to_hub` uploads it.
+        args = copy.copy(self.args)
+        args.hub_token = None
+        torch.save(args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if not os.path.isfile(os.path.join(resume_from_checkpoint, METAPROMPT_CONFIG_NAME)):
@@ -229,16 +299,46 @@ class MetaDistillTrainer(Trainer):
             return
         output_dir = Path(self.args.output_dir)
         examples = {"example_context": example_context, "example_question": example_question}
+        hub_id = self.hub_model_id or self.args.hub_model_id
         write_checkpoint_card(
             output_dir,
             self.meta_model.current_settings(),
-            repo_id=self.hub_model_id or self.args.hub_model_id or model_name or output_dir.name,
+            repo_id=hub_id or model_name or output_dir.name,
+            load_path=None if hub_id else str(output_dir),  # not on the Hub: the usage code loads the folder
             eval_results=eval_results,
             datasets=[dataset_name] if dataset_name else None,
             command=command,
             tags=[tag for tag in (*self._tag_names, *_as_list(tags)) if tag not in DEFAULT_TAGS],
             **{k: v for k, v in examples.items() if v},
         )
+
+
+def missing_checkpoint_files(checkpoint: str | os.PathLike) -> list[str]:
+    """What a checkpoint lacks to resume from. `trainer_state.json` is written last, so a readable one means the
+    save finished."""
+    checkpoint = Path(checkpoint)
+    missing = [name for name in (METAPROMPT_CONFIG_NAME,) if not (checkpoint / name).is_file()]
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        missing.append(TRAINER_STATE_NAME)
+    return missing
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The highest-step `checkpoint-N` of `output_dir` that a save finished writing."""
+    folder = Path(output_dir)
+    steps = sorted(
+        (int(path.name.split("-")[1]), path)
+        for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.is_dir() and path.name.split("-")[1].isdigit()
+    )
+    for _, path in reversed(steps):
+        missing = missing_checkpoint_files(path)
+        if not missing:
+            return str(path)
+        logger.warning("Skipping incomplete checkpoint %s (no readable %s).", path, ", ".join(missing))
+    return None
 
 
 def _init_kwargs(args: MetaDistillConfig) -> dict[str, Any]:
@@ -270,13 +370,15 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
             target_modules=args.lora_target_modules or "all-linear",
             task_type="CAUSAL_LM",
         )
-    return get_peft_model(model, peft_config)
+    with quiet_peft_wrapping():
+        return get_peft_model(model, peft_config)
 
 
 def _load_teacher(model: nn.Module, args: MetaDistillConfig) -> nn.Module | None:
     """`None` means: the model itself with its adapter disabled."""
     if args.teacher != "base":
-        teacher = AutoModelForCausalLM.from_pretrained(args.teacher, **_init_kwargs(args))
+        location = str(local_path_or_repo_id(args.teacher, "teacher"))
+        teacher = AutoModelForCausalLM.from_pretrained(location, **_init_kwargs(args))
         if teacher.config.vocab_size != model.config.vocab_size:
             raise ValueError(
                 f"The teacher {args.teacher!r} has vocab_size {teacher.config.vocab_size}, the model "

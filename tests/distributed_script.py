@@ -1,10 +1,10 @@
 """Meta-train the tiny Llama of the tests; `test_distributed.py` runs it under `torchrun` (DDP), `accelerate launch`
 (DeepSpeed) and in process (the one-process reference).
 
-Every process writes `rank{N}.json` (its world size and the example ids of each step it ran), so the test can check
-that all ranks ran and that together they saw exactly the batches of the reference; rank 0 also writes what was
-learned: `adapter.safetensors` (adapter weights and log inner LRs) and `result.json` (per-step losses, ZeRO
-stage).
+Every process writes `rank{N}.json` (its world size, the example ids of each step it ran and the `hf_metaprompt` it
+imported), so the test can check that all ranks ran the code under test and together saw exactly the batches of the
+reference; rank 0 also writes what was learned: `adapter.safetensors` (adapter weights and log inner LRs) and
+`result.json` (per-step losses, ZeRO stage).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from conftest import _tokenizer
 from safetensors.torch import save_file
 from test_trainer import config, peaky_model, toy_dataset
 
+import hf_metaprompt
 from hf_metaprompt import MetaDistillTrainer, PromptTargetCollator
 
 NUM_EXAMPLES = 32
@@ -55,9 +56,10 @@ def train(output_dir: Path, **overrides: Any) -> MetaDistillTrainer:
     trainer.train()
 
     world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    module_file = hf_metaprompt.__file__  # which checkout ran: the test compares it with the one under test
     # The dataloader may build one batch ahead of the last step: keep the batches of the steps that ran.
     seen = collator.batches[: trainer.state.global_step * args.gradient_accumulation_steps]
-    rank_info = {"rank": args.process_index, "world_size": world_size, "batches": seen}
+    rank_info = {"rank": args.process_index, "world_size": world_size, "batches": seen, "hf_metaprompt": module_file}
     (output_dir / f"rank{args.process_index}.json").write_text(json.dumps(rank_info))
     if trainer.is_world_process_zero():
         learned = {

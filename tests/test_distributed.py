@@ -31,11 +31,28 @@ SGD = {"optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant", "m
 
 
 def launch(launcher: list[str], output_dir: Path, args: dict, **env: str) -> None:
+    """Run `distributed_script.py` under a launcher, in an environment that leaves nothing to chance: the ranks
+    import this checkout's `hf_metaprompt` (an editable install may point at another checkout: the ranks would then
+    train other code than the reference), run one thread each (they share the cores, and the reference runs with one
+    too) and hash with a fixed seed."""
     command = [sys.executable, "-m", *launcher, str(SCRIPT), str(output_dir), "--args", json.dumps(args)]
-    # One thread per process: the ranks share the machine's cores.
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **env}
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    for record in output_dir.glob("rank*.json"):
+        imported = Path(json.loads(record.read_text())["hf_metaprompt"]).resolve()
+        assert imported.is_relative_to(ROOT), f"{record.name} ran {imported}, not the checkout under test {ROOT}"
+
+
+def train_in_process(output_dir: Path, **overrides) -> None:
+    """The one-process reference, with one thread like each launched rank (same kernels, same reduction order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(output_dir, **overrides)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rank_record(output_dir: Path, rank: int) -> dict:
@@ -62,7 +79,7 @@ def assert_same_training(output_dir: Path, reference_dir: Path) -> None:
 
 def test_ddp_two_processes_train_like_one_with_twice_the_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    train(one, per_device_train_batch_size=4, max_steps=STEPS, **SGD)
+    train_in_process(one, per_device_train_batch_size=4, max_steps=STEPS, **SGD)
     launch(
         ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
         two,
@@ -86,7 +103,7 @@ def test_deepspeed_zero2_trains_like_plain_training(tmp_path):
     pytest.importorskip("deepspeed")
     plain, zero2 = tmp_path / "plain", tmp_path / "zero2"
     # The default AdamW with gradient clipping: what DeepSpeed takes over (partitioned state, its own clipping).
-    train(plain, per_device_train_batch_size=4, max_steps=STEPS)
+    train_in_process(plain, per_device_train_batch_size=4, max_steps=STEPS)
     launch(
         ["accelerate.commands.launch", "--config_file", str(ZERO2_CONFIG), "--num_processes", "1"],
         zero2,

@@ -187,3 +187,25 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
     assert "exact_match (meta_1step, 16 texts, first_text questions)" in names
     assert "| tiny_world | 16 | first_text | meta_1step | forward | 0.500 |" in card.text
     assert "episodes of 8 texts, each update adding to the others" in card.text
+
+
+def test_shipped_tiny_base_is_not_linked_and_local_cards_load_their_folder(tmp_path, caplog):
+    """A card links only what exists on the Hub, and its usage code loads what it describes."""
+    from hf_metaprompt.assets import TINY_BASE_ID
+
+    (tmp_path / "README.md").write_text("generic card\n")
+    with caplog.at_level("INFO", logger="hf_metaprompt"):
+        path = write_model_card(
+            tmp_path, **_card_kwargs(base_model=TINY_BASE_ID, repo_id="tiny-world", load_path="outputs/tiny-world")
+        )
+    assert not caplog.records  # nothing a user can act on
+    card = ModelCard.load(path)
+    assert "huggingface.co/" + TINY_BASE_ID not in card.text
+    assert card.data.base_model is None and not any(TINY_BASE_ID in tag for tag in card.data.tags)
+    (code,) = _code_blocks(card.text, "python")
+    call = next(
+        n
+        for n in ast.walk(ast.parse(code))
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "from_pretrained"
+    )
+    assert ast.literal_eval(call.args[0]) == "outputs/tiny-world"

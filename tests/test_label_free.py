@@ -16,15 +16,13 @@ from hf_metaprompt.data.text import load_text_tasks
 from hf_metaprompt.data.tiny_world import load_tiny_world
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REVERSAL_DIR = Path(__file__).parents[2] / "shared" / "data" / "reversal_curse"
+REVERSAL_DIR = FIXTURES / "reversal_curse"
 
 
 def task_examples(task: str) -> list[dict]:
     if task == "tiny_world":
         dataset = load_tiny_world(num_train=8, num_validation=8, num_test=8)["test"]
     elif task in ("reversal", "character_description"):
-        if not REVERSAL_DIR.is_dir():
-            pytest.skip(f"reversal-curse data not found in {REVERSAL_DIR}")
         dataset = load_reversal_tasks(REVERSAL_DIR, task=task)["test"]
     elif task == "squad":
         dataset = load_squad_tasks(FIXTURES / "squad_small.json")

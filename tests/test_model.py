@@ -155,3 +155,224 @@ def test_cli_absorb(checkpoint, tmp_path, capsys):
     assert out.startswith("Q: Who is Alice Moreau?")
     assert cli_main(["absorb", str(checkpoint[0]), "--text", str(tmp_path / "missing.txt"), "--ask", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# ----- reliability (README fault matrix)
+def test_threads_each_see_only_their_own_absorbed_text(checkpoint):
+    """Several models absorbing different texts, called from parallel threads, give exactly their single-threaded
+    logits, and nothing stays patched once the threads are done."""
+    import sys
+    import threading
+
+    from hf_metaprompt import fast_weights
+
+    models = [MetaPromptModel.from_pretrained(checkpoint[0]) for _ in range(3)]
+    models[0].absorb(TEXTS[0])
+    models[1].absorb(TEXTS[1])  # models[2] absorbs nothing: the shared weights
+    references = [student_logits(model) for model in models]
+    assert not torch.allclose(references[0], references[2]) and not torch.allclose(references[1], references[2])
+    mismatches, errors = [], []
+    start = threading.Barrier(len(models))
+
+    def work(index: int) -> None:
+        try:
+            start.wait()
+            for call in range(25):
+                if not torch.equal(student_logits(models[index]), references[index]):
+                    mismatches.append((index, call))
+        except Exception as error:  # surfaced below: an exception in a thread would otherwise be lost
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(models))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as on a busy server: tiny models finish a call in one slice
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert not mismatches, f"{len(mismatches)} of {25 * len(models)} calls saw another thread's weights"
+    assert not fast_weights._PATCHED
+    assert not any("forward" in module.__dict__ for model in models for module in model.modules())
+    assert torch.equal(student_logits(models[2]), references[2])
+
+
+def test_failed_absorb_leaves_the_state_as_it_was(checkpoint, monkeypatch):
+    """All or nothing: a text that fails (here: the second inner step raises) leaves no earlier text absorbed."""
+    import hf_metaprompt.model as model_module
+
+    model = MetaPromptModel.from_pretrained(checkpoint[0]).absorb(TEXTS[1])
+    before = student_logits(model)
+    calls = []
+    original = model_module.inner_update
+
+    def second_call_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "inner_update", second_call_fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.absorb([TEXTS[0], TEXTS[1]])
+    assert torch.equal(student_logits(model), before)
+    with pytest.raises(ValueError, match="non-empty text"):
+        model.absorb([TEXTS[0], "  "])  # checked before any step
+    assert torch.equal(student_logits(model), before)
+
+
+def test_trailing_newline_is_absorbed_like_the_bare_text(checkpoint, tmp_path, capsys):
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    bare = student_logits(model.absorb(TEXTS[0]))
+    assert torch.equal(student_logits(model.reset().absorb(TEXTS[0] + "\n")), bare)
+    assert torch.equal(student_logits(model.reset().absorb("  " + TEXTS[0] + "\r\n\n")), bare)
+    notes = tmp_path / "notes.txt"
+    notes.write_text(TEXTS[0] + "\n")
+    assert cli_main(["absorb", str(checkpoint[0]), "--text", str(notes), "--ask", QUERIES[0]]) == 0
+    expected = model.reset().absorb(TEXTS[0]).ask(QUERIES[0])
+    assert capsys.readouterr().out.strip() == f"{QUERIES[0].strip()} {expected.strip()}".strip()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: m.ask([]), "non-empty list of non-empty questions"),
+        (lambda m: m.ask(QUERIES[0], max_new_tokens=0), "`max_new_tokens` must be a positive integer"),
+        (lambda m: m.absorb(None), "non-empty text or a non-empty list"),
+        (lambda m: m.absorb([]), "non-empty text or a non-empty list"),
+        (lambda m: m.absorb([TEXTS[0], None]), "non-empty text or a non-empty list"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(checkpoint, call, message):
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    with pytest.raises(ValueError, match=message):
+        call(model)
+    assert model.fast_weights is None
+
+
+def broken_copy(checkpoint, tmp_path, edit) -> str:
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(checkpoint[0], folder)
+    edit(folder)
+    return str(folder)
+
+
+def edit_settings(**changes):
+    def edit(folder):
+        path = folder / "metaprompt_config.json"
+        settings = json.loads(path.read_text())
+        for key, value in changes.items():
+            if value is None:
+                settings.pop(key)
+            else:
+                settings[key] = value
+        path.write_text(json.dumps(settings))
+
+    return edit
+
+
+def truncate(name: str):
+    def edit(folder):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda f: (f / "adapter_model.safetensors").unlink(), FileNotFoundError, "lacks adapter_model.safetensors"),
+        (truncate("adapter_model.safetensors"), ValueError, "adapter_model.safetensors is corrupted or truncated"),
+        (truncate("metaprompt_config.json"), ValueError, "metaprompt_config.json is not a valid"),
+        (edit_settings(inner_params="bogus"), ValueError, "metaprompt_config.json.*`inner_params` must be one of"),
+        (edit_settings(inner_steps=0), ValueError, "metaprompt_config.json.*`inner_steps` must be a positive"),
+        (edit_settings(inner_lr=float("nan")), ValueError, "metaprompt_config.json.*`inner_lr` must be a finite"),
+        (edit_settings(inner_lrs={}, log_inner_lrs={}), ValueError, "learn_inner_lr=true but no learned inner LR"),
+    ],
+)
+def test_broken_checkpoints_name_the_file(checkpoint, tmp_path, edit, error, message):
+    with pytest.raises(error, match=message):
+        MetaPromptModel.from_pretrained(broken_copy(checkpoint, tmp_path, edit))
+
+
+def test_missing_local_paths_are_not_reported_as_hub_problems(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    for path in ("outputs/tiny-wrld", "does/not/exist", "./nowhere", str(tmp_path / "absent")):
+        with pytest.raises(FileNotFoundError, match="no such local directory"):
+            MetaPromptModel.from_pretrained(path)
+    assert cli_main(["absorb", "outputs/tiny-wrld", "--text", __file__, "--ask", "x"]) == 2
+    assert "'outputs/tiny-wrld': no such local directory" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="teacher 'outputs/teacher': no such local directory"):
+        MetaDistillTrainer(
+            model=peaky_model(),
+            args=config(tmp_path, teacher="outputs/teacher"),
+            processing_class=_tokenizer(bos=True),
+        )
+
+
+def test_push_keeps_the_local_card_and_records_its_command(checkpoint, hub_server, tmp_path, monkeypatch, capsys):
+    from hf_metaprompt.hub import write_checkpoint_card
+
+    directory, _ = checkpoint
+    model = MetaPromptModel.from_pretrained(directory)
+    model.meta.settings.base_model = "test-user/tiny-base"
+    folder = tmp_path / "save"
+    model.save_pretrained(folder)
+    command = "accelerate launch examples/run_meta.py --max_steps 4"
+    write_checkpoint_card(
+        folder, model.meta.current_settings(), "local-run", command=command, example_context=TEXTS[0],
+        example_question=QUERIES[0],
+    )  # fmt: skip
+    local_card = (folder / "README.md").read_bytes()
+
+    # No network: one line, exit code 2, and the local card untouched.
+    import httpx2
+    from huggingface_hub import HfApi as Api
+
+    def refused(*args, **kwargs):
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(Api, "create_repo", refused)
+        assert cli_main(["push", str(folder), "test-user/offline"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("hf-metaprompt: error: ") and "Connection refused" in error and error.count("\n") == 1
+    assert (folder / "README.md").read_bytes() == local_card
+
+    # A failed commit leaves it too; a successful push uploads a card for the repo with the recorded command.
+    hub_server.fail_next("commit", status=500)
+    assert cli_main(["push", str(folder), "test-user/pushed"]) == 2
+    assert (folder / "README.md").read_bytes() == local_card
+    assert cli_main(["push", str(folder), "test-user/pushed"]) == 0
+    assert (folder / "README.md").read_bytes() == local_card
+    card = ModelCard.load("test-user/pushed")
+    assert card.text.splitlines()[1] == "# test-user/pushed"
+    assert command in card.text and json.dumps(TEXTS[0]) in card.text
+    assert 'from_pretrained("test-user/pushed")' in card.text
+
+
+def test_saving_never_looks_up_the_base_model_online(checkpoint, tmp_path, monkeypatch):
+    import peft.utils.save_and_load as peft_save
+
+    lookups = []
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", lambda *args, **kwargs: lookups.append(args))
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    model.meta.record_base_model("hf_metaprompt/tiny-base")  # no such Hub repo
+    model.save_pretrained(tmp_path / "copy")
+    assert lookups == []
+
+
+def test_texts_longer_than_the_position_limit_are_cut_to_fit(checkpoint, caplog):
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    assert model.settings.max_context_length > model.meta.model.config.max_position_embeddings == 256
+    with caplog.at_level("WARNING", logger="hf_metaprompt"):
+        model.absorb(" ".join(TEXTS * 60))  # ~700 tokens
+    assert "truncated from the left to its last 255 tokens" in caplog.text  # 256 positions, one for <s>

@@ -1,4 +1,4 @@
-"""The reversal-curse loader on the real Berglund et al. files (skipped where ../shared is absent)."""
+"""The reversal-curse loader on the real Berglund et al. files (shipped in tests/fixtures/reversal_curse)."""
 
 import json
 import shutil
@@ -11,14 +11,12 @@ import pytest
 from hf_metaprompt.data.reversal import load_reversal_tasks
 from hf_metaprompt.metrics import normalize_answer
 
-DATA_DIR = Path(__file__).parents[2] / "shared" / "data" / "reversal_curse"
+DATA_DIR = Path(__file__).parent / "fixtures" / "reversal_curse"
 TASKS = ("reversal", "character_description")
 
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    if not (DATA_DIR / "p2d_prompts_train.jsonl").is_file():
-        pytest.skip(f"Reversal-curse data not found in {DATA_DIR} (expected at ../shared/data/reversal_curse).")
     return DATA_DIR
 
 

@@ -87,8 +87,8 @@ def test_training_lowers_distillation_loss(tmp_path, llama_tokenizer):
     after = trainer.evaluate()["eval_loss"]
     assert after < 0.7 * before, (before, after)
     logged = [entry for entry in trainer.state.log_history if "distill_loss" in entry]
-    assert {"inner_loss", "teacher_agreement", "inner_lr", "skipped_batches"} <= set(logged[0])
-    assert logged[0]["skipped_batches"] == 0
+    assert {"inner_loss", "teacher_agreement", "inner_lr", "skipped_steps"} <= set(logged[0])
+    assert logged[0]["skipped_steps"] == 0
 
 
 def test_save_and_reload_reproduce_outputs(tmp_path, llama_tokenizer):
@@ -178,7 +178,7 @@ def test_non_finite_step_is_skipped(tmp_path, llama_tokenizer, monkeypatch):
     for name in before:
         assert torch.isfinite(after[name]).all()
         torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
-    assert any(entry.get("skipped_batches") == 1 for entry in trainer.state.log_history)
+    assert any(entry.get("skipped_steps") == 1 for entry in trainer.state.log_history)
 
 
 def test_label_free_training_runs(tmp_path, llama_tokenizer):
