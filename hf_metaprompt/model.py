@@ -138,6 +138,7 @@ class MetaPromptModel(nn.Module):
             steps=self.settings.inner_steps,
             create_graph=False,
             start=start,
+            memory_efficient=self.settings.memory_efficient_inner,
         )
         return fast_weights
 

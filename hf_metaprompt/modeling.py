@@ -147,6 +147,7 @@ class MetaDistillModel(nn.Module):
             steps=self.settings.inner_steps,
             create_graph=create_graph,
             first_order=self.settings.first_order,
+            memory_efficient=self.settings.memory_efficient_inner,
         )
         with use_fast_weights(fast_weights):
             student_logits = causal_logits(self.model, student_input_ids, student_attention_mask, keep)

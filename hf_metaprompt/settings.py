@@ -22,6 +22,7 @@ class MetaPromptSettings:
 
     `inner_lrs` maps each adapted module to its (learned) inner learning rate; it is filled when saving, together
     with `log_inner_lrs`, the exact parameter values (what a reload uses, so that it reproduces outputs bit for bit).
+    `memory_efficient_inner` picks how the inner pass is computed (see `MetaDistillConfig`), not what it computes.
     """
 
     inner_params: str = "lora"
@@ -31,6 +32,7 @@ class MetaPromptSettings:
     max_inner_lr: float = 1e-1
     inner_steps: int = 1
     first_order: bool = False
+    memory_efficient_inner: bool = True
     distill_loss: str = "forward_kl"
     jsd_beta: float = 0.5
     distill_temperature: float = 1.0
