@@ -1,12 +1,12 @@
-"""Attention for the inner (context) pass whose backward is differentiable in memory linear in the context length.
+"""Attention for the inner (context) pass whose backward is differentiable, in memory linear in the context length.
 
 Second-order meta-gradients differentiate the inner forward twice. PyTorch's fused SDPA kernels have no double
 backward, and the math kernel keeps every `[heads, L, L]` probability matrix, plus the partners its double backward
 needs, alive from the inner forward until the outer backward. Here the forward runs the fused kernel and keeps only
-q, k and v; the backward recomputes the probabilities block of queries by block of queries with ordinary torch ops,
-each block under non-reentrant checkpointing when a graph is being built (the inner step's `create_graph=True`), so
-the outer backward recomputes one block at a time instead of finding them all stored. The result is the math
-kernel's, to rounding, in value, gradient and second derivative.
+q, k and v; the backward (`_AttentionGradients`) recomputes the probabilities one block of queries at a time, and
+its own backward, the second derivative, derived by hand, does the same. Nothing `[L, L]`-sized outlives a block,
+and causal blocks skip the keys after them. The result is the math kernel's, to rounding, in value, gradient and
+second derivative (tested against it and by finite differences).
 
 It replaces transformers' `"sdpa"` attention function only while `double_backward_attention` is active (the inner
 pass and the re-computation of its checkpointed layers), through `ALL_ATTENTION_FUNCTIONS`.
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.checkpoint import checkpoint
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -37,7 +37,7 @@ _ALL_BACKENDS = [
 
 
 class _MemoryEfficientAttention(torch.autograd.Function):
-    """`softmax(q k^T * scale + mask) v` with a backward written in differentiable ops (see the module docstring)."""
+    """`softmax(q k^T * scale + mask) v`: the fused kernel forward, a blockwise backward (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, query, key, value, mask, scale, causal, block_size):
@@ -53,15 +53,37 @@ class _MemoryEfficientAttention(torch.autograd.Function):
                 scale=scale,
             )
         ctx.save_for_backward(query, key, value, mask)
-        ctx.scale, ctx.causal, ctx.block_size = scale, causal, block_size
+        ctx.options = scale, causal, block_size
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         query, key, value, mask = ctx.saved_tensors
-        return (*_attention_grads(query, key, value, mask, grad_output, ctx.scale, ctx.causal, ctx.block_size),) + (
-            None,
-        ) * 4
+        grads = _AttentionGradients.apply(query, key, value, grad_output, mask, *ctx.options)
+        return *grads, None, None, None, None
+
+
+class _AttentionGradients(torch.autograd.Function):
+    """`(q, k, v, dO) -> (dq, dk, dv)` of attention, block by block; its own backward (what second-order
+    meta-gradients need) is derived by hand in `_second_order_block` and computed block by block too."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, grad_output, mask, scale, causal, block_size):
+        ctx.save_for_backward(query, key, value, grad_output, mask)
+        ctx.options = scale, causal, block_size
+        (grad_query,), (grad_key, grad_value) = _blockwise(
+            _first_order_block, (query, grad_output), (key, value), mask, scale, causal, block_size
+        )
+        return grad_query, grad_key, grad_value
+
+    @staticmethod
+    @once_differentiable  # second order is what meta-gradients need; a third derivative fails loudly
+    def backward(ctx, cot_query, cot_key, cot_value):
+        query, key, value, grad_output, mask = ctx.saved_tensors
+        (g_query, g_grad_output), (g_key, g_value) = _blockwise(
+            _second_order_block, (query, grad_output, cot_query), (key, value, cot_key, cot_value), mask, *ctx.options
+        )
+        return g_query, g_key, g_value, g_grad_output, None, None, None, None
 
 
 def memory_efficient_attention(
@@ -94,23 +116,22 @@ def _with_causal(mask: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
     return mask.masked_fill(~allowed, float("-inf"))
 
 
-def _attention_grads(query, key, value, mask, grad_output, scale, causal, block_size):
-    """Gradients w.r.t. query, key and value, one block of queries at a time (a graph is built if grad mode is on).
+def _blockwise(kernel, query_side, key_side, mask, scale, causal, block_size):
+    """Run `kernel` on blocks of queries (all `query_side` tensors sliced alike) against the keys they can see.
 
-    Computed in the output's dtype with autocast off, whatever the autocast state of the backward: under autocast
-    the inputs may mix float32 and bfloat16.
+    `[batch, heads, length, dim]` tensors are viewed as `[batch, kv_heads, groups, length, dim]` (key-side ones with
+    one group), so GQA needs no copies. Computed in the dtype of `query_side[1]` (the incoming gradient) with autocast
+    off: under autocast the inputs may mix float32 and bfloat16. Returns the query-side outputs and the key-side
+    outputs (summed over blocks), in the shapes and dtypes of the first `query_side` / `key_side` inputs.
     """
-    batch, heads, length, dim = query.shape
-    kv_heads, keys = key.shape[1], key.shape[2]
-    groups, dtype = heads // kv_heads, grad_output.dtype
-    # GQA without copies: queries as [batch, kv_heads, groups, queries, dim] against keys [batch, kv_heads, 1, ...].
-    query5 = query.to(dtype).reshape(batch, kv_heads, groups, length, dim)
-    grad5 = grad_output.reshape(batch, kv_heads, groups, length, value.shape[-1])
-    key5, value5 = key.to(dtype).unsqueeze(2), value.to(dtype).unsqueeze(2)
+    batch, heads, length, _ = query_side[0].shape
+    kv_heads, keys = key_side[0].shape[1], key_side[0].shape[2]
+    dtype, device = query_side[1].dtype, query_side[0].device
+    queries = [t.to(dtype).reshape(batch, kv_heads, heads // kv_heads, length, t.shape[-1]) for t in query_side]
+    keyed = [t.to(dtype).unsqueeze(2) for t in key_side]
     mask5 = None if mask is None else mask.unsqueeze(2) if mask.dim() == 4 else mask
-    build_graph = torch.is_grad_enabled()
-    grad_query, grad_key, grad_value = [], torch.zeros_like(key5), torch.zeros_like(value5)
-    with torch.autocast(query.device.type, enabled=False):
+    query_parts, key_totals = [], [torch.zeros_like(t) for t in keyed[:2]]
+    with torch.autocast(device.type, enabled=False):
         for start in range(0, length, block_size):
             end = min(start + block_size, length)
             # With a causal mask no query of this block sees a key at or after `end`.
@@ -118,46 +139,69 @@ def _attention_grads(query, key, value, mask, grad_output, scale, causal, block_
             block_mask = None
             if mask5 is not None:
                 block_mask = mask5[..., start:end, :visible] if mask5.shape[-2] > 1 else mask5[..., :visible]
-            args = (
-                query5[..., start:end, :],
-                key5[..., :visible, :],
-                value5[..., :visible, :],
-                grad5[..., start:end, :],
-                block_mask,
-                scale,
-                start if causal else None,
+            bias, empty = _block_bias(block_mask, start if causal else None, end - start, visible, dtype, device)
+            query_outputs, key_outputs = kernel(
+                *(t[..., start:end, :] for t in queries), *(t[..., :visible, :] for t in keyed), bias, empty, scale
             )
-            block = checkpoint(_block_grads, *args, use_reentrant=False) if build_graph else _block_grads(*args)
-            grad_query.append(block[0])
-            grad_key = _add_prefix(grad_key, block[1])
-            grad_value = _add_prefix(grad_value, block[2])
-    grad_query = torch.cat(grad_query, dim=3).reshape(query.shape).to(query.dtype)
-    return grad_query, grad_key.squeeze(2).to(key.dtype), grad_value.squeeze(2).to(value.dtype)
+            query_parts.append(query_outputs)
+            for total, part in zip(key_totals, key_outputs, strict=True):
+                total[..., :visible, :] += part
+    query_outputs = [
+        torch.cat(parts, dim=-2).reshape(like.shape).to(like.dtype)
+        for parts, like in zip(zip(*query_parts, strict=True), query_side, strict=False)
+    ]
+    key_outputs = [total.squeeze(2).to(like.dtype) for total, like in zip(key_totals, key_side, strict=False)]
+    return query_outputs, key_outputs
 
 
-def _add_prefix(total: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    """`total` plus `part` on its first keys (out of place: both may be part of a graph)."""
-    if part.shape[-2] == total.shape[-2]:
-        return total + part
-    return torch.cat([total[..., : part.shape[-2], :] + part, total[..., part.shape[-2] :, :]], dim=-2)
+def _matmul_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(x, y.transpose(-1, -2))
 
 
-def _block_grads(query, key, value, grad_output, mask, scale, causal_offset):
-    """Backward of attention for one block of queries; plain differentiable ops, so it has its own backward."""
-    query = query * scale
-    scores = torch.matmul(query, key.transpose(-1, -2))
-    bias, empty = _block_bias(mask, causal_offset, query.shape[-2], key.shape[-2], scores.dtype, scores.device)
+def _row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x * y).sum(-1, keepdim=True)
+
+
+def _probabilities(scaled_query, key, bias, empty):
+    scores = _matmul_t(scaled_query, key)
     probs = torch.softmax(scores if bias is None else scores + bias, dim=-1)
-    if empty is not None:
-        # Rows with no visible key: the math kernel's safe softmax gives them zero probabilities (and no gradient).
-        probs = probs.masked_fill(empty, 0.0)
-    grad_probs = torch.matmul(grad_output, value.transpose(-1, -2))
-    weighted = probs * grad_probs
+    # Rows with no visible key: the math kernel's safe softmax gives them zero probabilities (and no gradient).
+    return probs if empty is None else probs.masked_fill_(empty, 0.0)
+
+
+def _first_order_block(query, grad_output, key, value, bias, empty, scale):
+    """Attention's backward on one block: dS = P (dP - rowsum(P dP)) with dP = dO v^T; dq = s dS k,
+    dk = s dS^T q, dv = P^T dO (summed over the query heads sharing a key head)."""
+    scaled_query = query * scale
+    probs = _probabilities(scaled_query, key, bias, empty)
+    weighted = probs * _matmul_t(grad_output, value)
     grad_scores = torch.addcmul(weighted, probs, weighted.sum(-1, keepdim=True), value=-1.0)
     grad_query = torch.matmul(grad_scores, key) * scale
-    grad_key = torch.matmul(grad_scores.transpose(-1, -2), query).sum(2, keepdim=True)
+    grad_key = torch.matmul(grad_scores.transpose(-1, -2), scaled_query).sum(2, keepdim=True)
     grad_value = torch.matmul(probs.transpose(-1, -2), grad_output).sum(2, keepdim=True)
-    return grad_query, grad_key, grad_value
+    return (grad_query,), (grad_key, grad_value)
+
+
+def _second_order_block(query, grad_output, cot_query, key, value, cot_key, cot_value, bias, empty, scale):
+    """The gradient of `<a, dq> + <b, dk> + <c, dv>` (a, b, c: cotangents of `_first_order_block`'s outputs)
+    w.r.t. q, dO, k and v, on one block. With D = rowsum(P dP), R = s (a k^T + q b^T) and r = rowsum(P R):
+    E := d/d(dP) = P (R - r); d/dP = (dP - D) R - r dP + dO c^T, which the softmax turns into G;
+    d/dq = s (G k + dS b), d/dk = s (G^T q + dS^T a), d/dv = E^T dO, d/d(dO) = E v + P c.
+    """
+    probs = _probabilities(query * scale, key, bias, empty)
+    grad_probs = _matmul_t(grad_output, value)
+    shifted = grad_probs - _row_dot(probs, grad_probs)
+    grad_scores = probs * shifted
+    mixed = (_matmul_t(cot_query, key) + _matmul_t(query, cot_key)) * scale
+    mixed_row = _row_dot(probs, mixed)
+    e = probs * (mixed - mixed_row)
+    g_probs = shifted * mixed - mixed_row * grad_probs + _matmul_t(grad_output, cot_value)
+    g_scores = probs * (g_probs - _row_dot(probs, g_probs))
+    g_query = (torch.matmul(g_scores, key) + torch.matmul(grad_scores, cot_key)) * scale
+    g_key = torch.matmul(g_scores.transpose(-1, -2), query) + torch.matmul(grad_scores.transpose(-1, -2), cot_query)
+    g_value = torch.matmul(e.transpose(-1, -2), grad_output)
+    g_grad_output = torch.matmul(e, value) + torch.matmul(probs, cot_value)
+    return (g_query, g_grad_output), ((g_key * scale).sum(2, keepdim=True), g_value.sum(2, keepdim=True))
 
 
 def _block_bias(mask, causal_offset, queries, keys, dtype, device):
