@@ -1,5 +1,5 @@
-"""The memory-efficient inner pass (block-recomputed attention, chunked vocabulary loss) is exact to second order,
-is what the inner pass really runs, and keeps no `[L, L]` or `[tokens, vocab]` tensor for the outer backward."""
+"""The memory-efficient inner pass (blockwise attention, chunked vocabulary loss) is exact to second order, is what
+the inner pass really runs, and keeps no `[L, L]` or `[tokens, vocab]` tensor for the outer backward."""
 
 from __future__ import annotations
 
@@ -82,9 +82,11 @@ def test_attention_matches_math_kernel_to_second_order(kv_heads, masking):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
 
 
-def test_attention_second_derivative_matches_finite_differences():
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_attention_second_derivative_matches_finite_differences(kv_heads):
     torch.manual_seed(0)
-    inputs = [torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    query = torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True)
+    inputs = [query, *(torch.randn(1, kv_heads, 6, 4, dtype=torch.float64, requires_grad=True) for _ in "kv")]
     mask = padded_causal_mask([4], 6, left=True)
     assert torch.autograd.gradgradcheck(
         lambda q, k, v: memory_efficient_attention(q, k, v, mask, causal=True, block_size=4), inputs
