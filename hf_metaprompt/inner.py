@@ -96,15 +96,13 @@ def inner_update(
     meta-gradient in memory linear in the context length); False: math-kernel attention and full logits.
     """
     first_losses = None
+    second_order = create_graph and not first_order
     with torch.enable_grad():  # also under `no_grad` (evaluation, absorbing): the inner step needs its gradient
         fast_weights = modules.initial(input_ids.shape[0]) if start is None else start.requires_grad_()
         for _ in range(steps):
-            second_order = create_graph and not first_order
             with use_fast_weights(fast_weights, math_attention=second_order, memory_efficient=memory_efficient):
                 losses = context_losses(model, input_ids, attention_mask, chunked_vocab=memory_efficient)
-            grads = torch.autograd.grad(
-                losses.sum(), fast_weights.tensors, create_graph=create_graph and not first_order
-            )
+            grads = torch.autograd.grad(losses.sum(), fast_weights.tensors, create_graph=second_order)
             if first_order or not create_graph:
                 grads = [g.detach() for g in grads]
             fast_weights = fast_weights.sgd_step(grads, inner_lrs)
