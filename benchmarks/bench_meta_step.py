@@ -5,7 +5,9 @@ Times (median after warm-up) and peak memory of, per batch of tasks `context ⊕
     (a) a LoRA SFT step on context + query + answer (forward + backward; the loss on the answer),
     (b) the teacher forward (`MetaDistillModel.teacher_logits`: adapter off, no gradients),
     (c) the second-order meta-step (`MetaDistillModel.forward` + backward: teacher, inner step, outer KL),
-    (d) the same meta-step, first order.
+    (d) the same meta-step, first order,
+    (e) with `--reference_inner`: the second-order meta-step with the reference inner pass (math-kernel attention,
+        full logits; `memory_efficient_inner=False`), for before/after ratios from the same run.
 
 Optimizer steps are left out: they are the same for all four and cheap for an adapter. Memory is the peak of the
 bytes torch allocates during one step above the level before it (weights excluded): on CUDA from
@@ -13,6 +15,9 @@ bytes torch allocates during one step above the level before it (weights exclude
 allocation events.
 
     python benchmarks/bench_meta_step.py --preset tiny --num_threads 1
+    python benchmarks/bench_meta_step.py --hidden_size 256 --intermediate_size 688 --num_hidden_layers 4 \
+        --num_attention_heads 8 --num_key_value_heads 4 --vocab_size 32000 --num_tasks 4 --num_threads 2 \
+        --context_lengths 256 1024 2048 --repeats 3 --warmup 1
     python benchmarks/bench_meta_step.py --preset llama-1b --dtype bfloat16 --json llama-1b.json   # on a GPU
 """
 
@@ -78,6 +83,10 @@ class BenchmarkArguments:
     vocab_size: int | None = field(default=None, metadata={"help": "Overrides the preset."})
     num_tasks: int = field(default=8, metadata={"help": "Tasks per batch (each gets its own inner step)."})
     context_length: int = field(default=512, metadata={"help": "Context tokens per task."})
+    context_lengths: list[int] | None = field(
+        default=None,
+        metadata={"help": "Several context lengths measured in one run (one table); overrides the above."},
+    )
     query_length: int = field(default=48, metadata={"help": "Query tokens per task."})
     answer_length: int = field(default=16, metadata={"help": "Answer (target) tokens per task."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (all linear layers but the head)."})
@@ -92,19 +101,39 @@ class BenchmarkArguments:
     bf16_autocast: bool = field(default=False, metadata={"help": "Forward under bf16 autocast, as `--bf16` does."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "`sdpa` or `eager`."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Checkpoint the decoder layers."})
+    memory_efficient_inner: bool = field(
+        default=True, metadata={"help": "The library's default inner pass; False: the reference (math kernel) path."}
+    )
+    reference_inner: bool = field(
+        default=False, metadata={"help": "Also measure (e): the 2nd-order step on the reference inner pass."}
+    )
+    profile: bool = field(
+        default=False, metadata={"help": "Print the profiler's top operators of the 2nd-order step (slow)."}
+    )
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
     num_threads: int | None = field(
         default=None,
         metadata={"help": "CPU threads (`torch.set_num_threads`); 1 gives steadier times on a busy host."},
+    )
+    timer: str = field(
+        default="wall",
+        metadata={
+            "help": "`wall` seconds, or `process`: CPU seconds of this process, which other processes on a shared "
+            "machine do not inflate (CPU only; with --num_threads 1 it equals wall time on an idle machine).",
+            "choices": ["wall", "process"],
+        },
     )
     warmup: int = field(default=2, metadata={"help": "Untimed runs before timing."})
     repeats: int = field(default=5, metadata={"help": "Timed runs (the median is reported)."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and tokens."})
     json: str | None = field(default=None, metadata={"help": "Also write the results to this JSON file."})
 
+    def lengths(self) -> list[int]:
+        return list(self.context_lengths or [self.context_length])
+
     def model_config(self) -> LlamaConfig:
         shape = {**PRESETS[self.preset], **{k: getattr(self, k) for k in SHAPE_FIELDS if getattr(self, k)}}
-        length = self.context_length + self.query_length + self.answer_length + 1
+        length = max(self.lengths()) + self.query_length + self.answer_length + 1
         return LlamaConfig(**shape, max_position_embeddings=length, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
@@ -118,20 +147,23 @@ def build_meta_model(args: BenchmarkArguments, device: torch.device) -> MetaDist
     peft_model = get_peft_model(
         base, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
     )
-    meta = MetaDistillModel(peft_model, MetaPromptSettings(), pad_token_id=0, eos_token_id=2).to(device)
+    settings = MetaPromptSettings(memory_efficient_inner=args.memory_efficient_inner)
+    meta = MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2).to(device)
     if args.activation_checkpointing:
         meta.activation_checkpointing_enable()
     return meta.train()
 
 
-def make_batch(args: BenchmarkArguments, vocab_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(
+    args: BenchmarkArguments, vocab_size: int, device: torch.device, context_length: int
+) -> dict[str, torch.Tensor]:
     """Random tokens laid out like `PromptTargetCollator`'s views (equal lengths, so no padding)."""
     generator = torch.Generator().manual_seed(args.seed)
 
     def tokens(length: int) -> torch.Tensor:
         return torch.randint(3, vocab_size, (args.num_tasks, length), generator=generator)
 
-    context, query, answer = tokens(args.context_length), tokens(args.query_length), tokens(args.answer_length)
+    context, query, answer = tokens(context_length), tokens(args.query_length), tokens(args.answer_length)
     bos = torch.ones(args.num_tasks, 1, dtype=torch.long)
     inner = torch.cat([bos, context], 1)
     teacher = torch.cat([bos, context, query, answer], 1)
@@ -158,8 +190,9 @@ def benchmark_steps(
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16_autocast)
 
     teacher_ids, teacher_mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
+    prompt_length = batch["context_input_ids"].shape[1] + args.query_length
     sft_labels = teacher_ids.masked_fill(
-        torch.arange(teacher_ids.shape[1], device=device) < 1 + args.context_length + args.query_length, IGNORE_INDEX
+        torch.arange(teacher_ids.shape[1], device=device) < prompt_length, IGNORE_INDEX
     )
 
     def sft_step() -> None:
@@ -171,21 +204,25 @@ def benchmark_steps(
         with forward_context():
             meta.teacher_logits(teacher_ids, teacher_mask, target_window(batch["labels"]))
 
-    def meta_step(first_order: bool) -> Callable[[], None]:
+    def meta_step(first_order: bool, memory_efficient: bool = args.memory_efficient_inner) -> Callable[[], None]:
         def step() -> None:
             meta.settings.first_order = first_order
+            meta.settings.memory_efficient_inner = memory_efficient
             with forward_context():
                 loss = meta(**batch).loss
             loss.backward()
 
         return step
 
-    return {
+    steps = {
         "(a) LoRA SFT step": sft_step,
         "(b) teacher forward": teacher_forward,
         "(c) meta-step, 2nd order": meta_step(first_order=False),
         "(d) meta-step, 1st order": meta_step(first_order=True),
     }
+    if args.reference_inner:
+        steps["(e) 2nd order, reference"] = meta_step(first_order=False, memory_efficient=False)
+    return steps
 
 
 def synchronize(device: torch.device) -> None:
@@ -193,17 +230,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(step: Callable[[], None], meta: MetaDistillModel, args: BenchmarkArguments, device: torch.device):
-    """Per-run seconds of `step` (gradients reset before each run, as after `optimizer.zero_grad()`)."""
-    times = []
+def time_steps(
+    steps: dict[str, Callable[[], None]], meta: MetaDistillModel, args: BenchmarkArguments, device: torch.device
+) -> dict[str, list[float]]:
+    """Per-run seconds of each step, the steps taking turns (round-robin), so that a change of load on a shared
+    machine hits them alike; gradients are reset before each run, as after `optimizer.zero_grad()`."""
+    clock = time.process_time if args.timer == "process" else time.perf_counter
+    times = {name: [] for name in steps}
     for run in range(args.warmup + args.repeats):
-        meta.zero_grad(set_to_none=True)
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        if run >= args.warmup:
-            times.append(time.perf_counter() - start)
+        for name, step in steps.items():
+            meta.zero_grad(set_to_none=True)
+            synchronize(device)
+            start = clock()
+            step()
+            synchronize(device)
+            if run >= args.warmup:
+                times[name].append(clock() - start)
     return times
 
 
@@ -242,19 +284,37 @@ def _peak_of_allocations(profiler: profile) -> int:
 
 def run_benchmark(args: BenchmarkArguments) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.timer == "process" and device.type != "cpu":
+        raise ValueError("--timer process counts CPU seconds; time GPU runs with --timer wall.")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     meta = build_meta_model(args, device)
-    batch = make_batch(args, meta.model.config.vocab_size, device)
     results = {}
-    for name, step in benchmark_steps(meta, batch, args, device).items():
-        logger.info("Measuring %s", name)
-        times = time_step(step, meta, args, device)
-        results[name] = {"median_s": statistics.median(times), "times_s": times, **peak_memory(step, meta, device)}
-    sft = results["(a) LoRA SFT step"]
-    for result in results.values():
-        result["time_ratio"] = result["median_s"] / sft["median_s"]
-        result["memory_ratio"] = result["peak_bytes"] / sft["peak_bytes"]
+    for length in args.lengths():
+        batch = make_batch(args, meta.model.config.vocab_size, device, length)
+        results[str(length)] = rows = {}
+        steps = benchmark_steps(meta, batch, args, device)
+        for name, times in time_steps(steps, meta, args, device).items():
+            rows[name] = {
+                "median_s": statistics.median(times),
+                "times_s": times,
+                **peak_memory(steps[name], meta, device),
+            }
+            logger.info(
+                "%d context tokens, %s: %.3f s, %.0f MiB",
+                length,
+                name,
+                rows[name]["median_s"],
+                rows[name]["peak_bytes"] / 2**20,
+            )
+        sft = rows["(a) LoRA SFT step"]
+        for result in rows.values():
+            result["time_ratio"] = result["median_s"] / sft["median_s"]
+            result["memory_ratio"] = result["peak_bytes"] / sft["peak_bytes"]
+        if args.profile:
+            inner = "memory-efficient" if args.memory_efficient_inner else "reference"
+            print(f"Second-order meta-step ({inner} inner pass), {length} context tokens:")
+            print(profile_table(steps["(c) meta-step, 2nd order"], meta, batch["context_input_ids"].shape[1]))
     return {
         "arguments": asdict(args),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -265,23 +325,64 @@ def run_benchmark(args: BenchmarkArguments) -> dict:
     }
 
 
+def profile_table(step: Callable[[], None], meta: MetaDistillModel, context_tokens: int, rows: int = 12) -> str:
+    """Where one run of `step` spends its operator time and allocates memory: ops on `[.., L, L]` attention
+    matrices, ops on `[.., vocab]` logits, the rest; then the top operators by input shapes."""
+    meta.zero_grad(set_to_none=True)
+    with profile(
+        activities=[ProfilerActivity.CPU, *_cuda_activity()], profile_memory=True, record_shapes=True
+    ) as prof:
+        step()
+    vocab, square = meta.model.config.vocab_size, {(context_tokens, context_tokens), (context_tokens + 1,) * 2}
+    averages = prof.key_averages(group_by_input_shape=True)
+    totals = {"attention [.., L, L]": [0.0, 0], "vocabulary [.., V]": [0.0, 0], "rest": [0.0, 0]}
+    for event in averages:
+        shapes = [tuple(shape) for shape in event.input_shapes if shape]
+        if any(len(shape) >= 2 and shape[-2:] in square for shape in shapes):
+            kind = "attention [.., L, L]"
+        elif any(shape[-1] == vocab and shape[0] != vocab for shape in shapes):
+            kind = "vocabulary [.., V]"
+        else:
+            kind = "rest"
+        totals[kind][0] += event.self_cpu_time_total / 1e6
+        totals[kind][1] += max(event.self_cpu_memory_usage, 0)
+    time_total, bytes_total = sum(t for t, _ in totals.values()), sum(b for _, b in totals.values())
+    lines = [f"{'ops on':<22} {'self time':>10} {'share':>6} {'allocated':>11} {'share':>6}"]
+    for kind, (seconds, allocated) in totals.items():
+        lines.append(
+            f"{kind:<22} {seconds:>9.2f}s {seconds / time_total:>6.0%} {allocated / 2**30:>8.2f}GiB "
+            f"{allocated / bytes_total:>6.0%}"
+        )
+    top = averages.table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=36, max_shapes_column_width=60
+    )
+    return "\n".join(lines) + "\n" + top
+
+
+def _cuda_activity() -> list[ProfilerActivity]:
+    return [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+
+
 def format_table(report: dict) -> str:
     args, results = report["arguments"], report["results"]
-    cuda = any("peak_total_bytes" in result for result in results.values())
+    cuda = any("peak_total_bytes" in row for rows in results.values() for row in rows.values())
+    inner = "memory-efficient" if args["memory_efficient_inner"] else "reference (math kernel, full logits)"
     header = (
         f"{report['device']} ({report['torch_threads']} threads), {report['num_parameters'] / 1e6:.1f}M parameters "
         f"{report['model']}, {args['dtype']}{' + bf16 autocast' if args['bf16_autocast'] else ''}, LoRA r="
-        f"{args['lora_r']}, {args['num_tasks']} tasks x ({args['context_length']} context + {args['query_length']} "
-        f"query + {args['answer_length']} answer) tokens; median of {args['repeats']} runs"
+        f"{args['lora_r']}, {args['num_tasks']} tasks x (context + {args['query_length']} query + "
+        f"{args['answer_length']} answer) tokens, {inner} inner pass; median of {args['repeats']} runs "
+        f"({args['timer']} time)"
     )
-    columns = f"{'step':<26} {'time (s)':>10} {'x SFT':>7} {'peak mem (MiB)':>15} {'x SFT':>7}"
+    columns = f"{'context':>7}  {'step':<26} {'time (s)':>10} {'x SFT':>7} {'peak mem (MiB)':>15} {'x SFT':>7}"
     lines = [header, "", columns + (f" {'total (GiB)':>12}" if cuda else ""), "-" * (len(columns) + 13 * cuda)]
-    for name, result in results.items():
-        line = (
-            f"{name:<26} {result['median_s']:>10.4f} {result['time_ratio']:>7.2f} "
-            f"{result['peak_bytes'] / 2**20:>15.1f} {result['memory_ratio']:>7.2f}"
-        )
-        lines.append(line + (f" {result['peak_total_bytes'] / 2**30:>12.2f}" if cuda else ""))
+    for length, rows in results.items():
+        for name, result in rows.items():
+            line = (
+                f"{length:>7}  {name:<26} {result['median_s']:>10.4f} {result['time_ratio']:>7.2f} "
+                f"{result['peak_bytes'] / 2**20:>15.1f} {result['memory_ratio']:>7.2f}"
+            )
+            lines.append(line + (f" {result['peak_total_bytes'] / 2**30:>12.2f}" if cuda else ""))
     return "\n".join(lines)
 
 

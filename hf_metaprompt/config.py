@@ -54,6 +54,11 @@ class MetaDistillConfig(TrainingArguments):
             losses, whatever their order; needs `inner_steps=1`).
         first_order (`bool`, *optional*, defaults to `False`):
             Treat the inner gradient as a constant (first-order MAML): cheaper, measured clearly worse.
+        memory_efficient_inner (`bool`, *optional*, defaults to `True`):
+            Compute the second-order inner pass with attention whose backward is recomputed block by block
+            (`"sdpa"` models) and the context loss in chunks of tokens through the output head: the same
+            meta-gradient in memory linear in the context length, and faster on long contexts. `False` falls back to
+            the math SDPA kernel and full `[tokens, vocabulary]` logits (the reference path).
         inner_params (`str`, *optional*, defaults to `"lora"`):
             Which parameters the inner step updates: `"lora"` (the meta-learned LoRA adapter), `"base"` (the frozen
             base model's linear layers, full rank, while the meta-learned LoRA adapter shapes how texts are written
@@ -157,6 +162,13 @@ class MetaDistillConfig(TrainingArguments):
     )
     first_order: bool = field(
         default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
+    )
+    memory_efficient_inner: bool = field(
+        default=True,
+        metadata={
+            "help": "Inner pass with block-recomputed attention and a chunked vocabulary loss (same meta-gradient, "
+            "memory linear in the context length); False: math-kernel attention and full logits (reference)."
+        },
     )
     inner_params: str = field(
         default="lora",
@@ -280,6 +292,7 @@ class MetaDistillConfig(TrainingArguments):
             vary_texts_per_episode=self.vary_texts_per_episode,
             text_composition=self.text_composition,
             first_order=self.first_order,
+            memory_efficient_inner=self.memory_efficient_inner,
             distill_loss=self.distill_loss,
             jsd_beta=self.jsd_beta,
             distill_temperature=self.distill_temperature,

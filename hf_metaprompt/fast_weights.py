@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.pytorch_utils import Conv1D
+
+from .attention import double_backward_attention
 
 __all__ = [
     "AdaptedLinear",
@@ -173,6 +174,7 @@ class FastWeights:
 class _ActiveState:
     fast_weights: FastWeights | None = None
     math_attention: bool = False
+    memory_efficient: bool = False
 
 
 class _ThreadState(threading.local):
@@ -240,18 +242,22 @@ def _bound_forward(module: nn.Module):
 
 
 @contextlib.contextmanager
-def use_fast_weights(fast_weights: FastWeights | None, math_attention: bool = False) -> Iterator[None]:
-    """Run the model with per-task `fast_weights` (None: the shared weights), optionally with math-kernel SDPA.
+def use_fast_weights(
+    fast_weights: FastWeights | None, math_attention: bool = False, memory_efficient: bool = False
+) -> Iterator[None]:
+    """Run the model with per-task `fast_weights` (None: the shared weights), optionally with attention that has a
+    double backward.
 
-    The math kernel is what the inner (context) forward needs: flash and memory-efficient SDPA have no double
-    backward, so second-order meta-gradients through them fail.
+    That is what the inner (context) forward needs: flash and memory-efficient SDPA have no double backward, so
+    second-order meta-gradients through them fail. `math_attention` alone uses the math kernel;
+    with `memory_efficient`, `"sdpa"` models use `attention.memory_efficient_attention` instead.
     """
     previous = _ACTIVE.state
     if fast_weights is not None:
         _install(fast_weights.modules)
-    _ACTIVE.state = _ActiveState(fast_weights, math_attention)
+    _ACTIVE.state = _ActiveState(fast_weights, math_attention, memory_efficient)
     try:
-        with sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext():
+        with double_backward_attention(memory_efficient) if math_attention else contextlib.nullcontext():
             yield
     finally:
         _ACTIVE.state = previous
@@ -276,7 +282,7 @@ class _Reactivate:
         self._contexts: list[contextlib.AbstractContextManager] = []
 
     def __enter__(self) -> None:
-        context = use_fast_weights(self.state.fast_weights, self.state.math_attention)
+        context = use_fast_weights(self.state.fast_weights, self.state.math_attention, self.state.memory_efficient)
         context.__enter__()
         self._contexts.append(context)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .chunked_nll import chunked_token_nll
 from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
 from .losses import sequence_nll
 
@@ -30,15 +31,48 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def context_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-task mean next-token loss of the contexts (the inner objective)."""
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).logits
-    return sequence_nll(logits, input_ids, attention_mask)
+# Causal LMs whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling after the head).
+PLAIN_HEAD_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+
+
+def context_losses(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunked_vocab: bool = False
+) -> torch.Tensor:
+    """Per-task mean next-token loss of the contexts (the inner objective).
+
+    `chunked_vocab` computes it from the decoder's hidden states with `chunked_token_nll` (same value and
+    derivatives, no `[tokens, vocab]` tensor kept) where the model allows it: a plain, frozen output head.
+    """
+    position_ids = position_ids_from_mask(attention_mask)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    head = _frozen_plain_head(model) if chunked_vocab else None
+    if head is None:
+        return sequence_nll(model(**inputs, use_cache=False).logits, input_ids, attention_mask)
+    hidden = _base_model(model).get_decoder()(**inputs, use_cache=False).last_hidden_state
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    counts = valid.sum(-1)
+    if bool((counts == 0).any()):
+        raise ValueError("Every context needs at least two tokens to take a next-token loss on.")
+    # Only the predicting positions of real tokens go through the head: padding costs nothing.
+    token_nll = chunked_token_nll(hidden[:, :-1][valid], head.weight, input_ids[:, 1:][valid])
+    rows = valid.nonzero()[:, 0]
+    totals = token_nll.new_zeros(input_ids.shape[0]).index_add(0, rows, token_nll)
+    return totals / counts
+
+
+def _frozen_plain_head(model: nn.Module) -> nn.Linear | None:
+    base = _base_model(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES or not hasattr(base, "get_decoder"):
+        return None
+    if type(head) is not nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    return head
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def inner_update(
@@ -52,6 +86,7 @@ def inner_update(
     first_order: bool = False,
     start: FastWeights | None = None,
     rows_per_task: int = 1,
+    memory_efficient: bool = True,
 ) -> tuple[FastWeights, torch.Tensor]:
     """Take `steps` SGD steps on each task's context; returns the per-task fast weights and first-step losses.
 
@@ -61,8 +96,11 @@ def inner_update(
     with `create_graph=True` the meta-gradient flows back through `start` into the steps that made it.
     `rows_per_task` > 1 makes each run of that many consecutive contexts one task whose loss is their sum: one
     step on several texts at once.
+    `memory_efficient` runs the inner forward with `memory_efficient_attention` and `chunked_token_nll` (the same
+    meta-gradient in memory linear in the context length); False: math-kernel attention and full logits.
     """
     first_losses = None
+    second_order = create_graph and not first_order
     with torch.enable_grad():  # also under `no_grad` (evaluation, absorbing): the inner step needs its gradient
         if start is None:
             if input_ids.shape[0] % rows_per_task:
@@ -73,11 +111,9 @@ def inner_update(
         else:
             fast_weights = start.requires_grad_()
         for _ in range(steps):
-            with use_fast_weights(fast_weights, math_attention=create_graph and not first_order):
-                losses = context_losses(model, input_ids, attention_mask)
-            grads = torch.autograd.grad(
-                losses.sum(), fast_weights.tensors, create_graph=create_graph and not first_order
-            )
+            with use_fast_weights(fast_weights, math_attention=second_order, memory_efficient=memory_efficient):
+                losses = context_losses(model, input_ids, attention_mask, chunked_vocab=memory_efficient)
+            grads = torch.autograd.grad(losses.sum(), fast_weights.tensors, create_graph=second_order)
             if first_order or not create_graph:
                 grads = [g.detach() for g in grads]
             fast_weights = fast_weights.sgd_step(grads, inner_lrs).for_rows(rows_per_task)

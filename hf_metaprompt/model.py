@@ -170,6 +170,7 @@ class MetaPromptModel(nn.Module):
             create_graph=False,
             start=start,
             rows_per_task=rows_per_task,
+            memory_efficient=self.settings.memory_efficient_inner,
         )
         return fast_weights
 

@@ -195,6 +195,7 @@ class MetaDistillModel(nn.Module):
                 create_graph=torch.is_grad_enabled(),
                 first_order=self.settings.first_order,
                 rows_per_task=texts,
+                memory_efficient=self.settings.memory_efficient_inner,
             )
             return fast_weights.for_rows(texts), losses
         ids = context_input_ids.view(rows // texts, texts, -1)
@@ -211,6 +212,7 @@ class MetaDistillModel(nn.Module):
                 create_graph=torch.is_grad_enabled(),
                 first_order=self.settings.first_order,
                 start=fast_weights,
+                memory_efficient=self.settings.memory_efficient_inner,
             )
             losses.append(step_losses)
         return fast_weights.for_rows(texts), torch.stack(losses, 1).flatten()

@@ -24,6 +24,7 @@ class MetaPromptSettings:
 
     `inner_lrs` maps each adapted module to its (learned) inner learning rate; it is filled when saving, together
     with `log_inner_lrs`, the exact parameter values (what a reload uses, so that it reproduces outputs bit for bit).
+    `memory_efficient_inner` picks how the inner pass is computed (see `MetaDistillConfig`), not what it computes.
     """
 
     inner_params: str = "lora"
@@ -36,6 +37,7 @@ class MetaPromptSettings:
     vary_texts_per_episode: bool = False
     text_composition: str = "sequential"
     first_order: bool = False
+    memory_efficient_inner: bool = True
     distill_loss: str = "forward_kl"
     jsd_beta: float = 0.5
     distill_temperature: float = 1.0

@@ -114,21 +114,22 @@ def test_batched_inner_step_equals_per_task_loop(llama_tokenizer):
     torch.testing.assert_close(batched_grad, loop_grad, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("memory_efficient_inner", [True, False])
 @pytest.mark.parametrize("inner_params", ["lora", "all"])
-def test_activation_checkpointing_keeps_meta_gradient(llama_tokenizer, inner_params):
+def test_activation_checkpointing_keeps_meta_gradient(llama_tokenizer, inner_params, memory_efficient_inner):
     batch = batch_for(llama_tokenizer)
-    plain = build(inner_params=inner_params)
+    plain = build(inner_params=inner_params, memory_efficient_inner=memory_efficient_inner)
     plain.train()
     reference = flat_grad(plain, batch)
 
-    checkpointed = build(inner_params=inner_params)
+    checkpointed = build(inner_params=inner_params, memory_efficient_inner=memory_efficient_inner)
     checkpointed.train()
     checkpointed.activation_checkpointing_enable()
     torch.testing.assert_close(flat_grad(checkpointed, batch), reference, rtol=1e-7, atol=1e-10)
 
     # Guard: plain non-reentrant checkpointing recomputes with the shared weights; here that is caught (the shapes
     # differ from the per-task weights), with functional_call-style substitution it silently gave wrong gradients.
-    naive = build(inner_params=inner_params)
+    naive = build(inner_params=inner_params, memory_efficient_inner=memory_efficient_inner)
     naive.train()
     getattr(naive.model, "get_base_model", lambda: naive.model)()._activation_checkpointing_enable(
         {"use_reentrant": False}
