@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Continue training a model saved by this script, with its tokenizer; the size arguments are then unused.",
     )
+    parser.add_argument(
+        "--measure_only",
+        action="store_true",
+        help="Only re-measure the model of --init_from and rewrite its card's table (no training, weights untouched).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the world (load_tiny_world) and of training.")
     parser.add_argument("--facts_per_context", type=int, default=8, help="Most facts in one pretraining context.")
     parser.add_argument(
@@ -92,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.facts_only_fraction < 1.0:
         parser.error("--facts_only_fraction must be in [0, 1)")
+    if args.measure_only and args.init_from is None:
+        parser.error("--measure_only needs --init_from")
     if not 1 <= args.min_facts_per_context <= args.facts_per_context:
         parser.error("--min_facts_per_context must be in [1, --facts_per_context]")
     if args.hidden_size % args.num_attention_heads:
@@ -370,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     num_parameters = model.num_parameters()
     logger.info("tokenizer: %d tokens; model: %.2fM parameters", len(tokenizer), num_parameters / 1e6)
 
-    train(model, tokenizer, args)
+    if not args.measure_only:
+        train(model, tokenizer, args)
     minutes = (time.monotonic() - started) / 60
     logger.info("training took %.1f minutes", minutes)
 
@@ -387,16 +395,18 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info("%d facts, %s %s exact match: %s", facts, split, condition, scores)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
-    command = "python examples/pretrain_tiny.py " + " ".join(
-        f"--{name} {value}" for name, value in sorted(vars(args).items()) if value is not None
-    )
+    commands = previous_commands(args.init_from)
+    if not args.measure_only:
+        model.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
+        flags = {name: value for name, value in sorted(vars(args).items()) if value is not None and value is not False}
+        command = "python examples/pretrain_tiny.py " + " ".join(f"--{name} {value}" for name, value in flags.items())
+        commands.append(f"{command}  # {minutes:.0f} min")
     write_model_card(
         args.output_dir,
         model,
         tokenizer,
-        [*previous_commands(args.init_from), f"{command}  # {minutes:.0f} min"],
+        commands,
         results,
     )
     logger.info("saved to %s", args.output_dir)
