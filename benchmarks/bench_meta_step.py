@@ -82,6 +82,17 @@ class BenchmarkArguments:
     num_key_value_heads: int | None = field(default=None, metadata={"help": "Overrides the preset."})
     vocab_size: int | None = field(default=None, metadata={"help": "Overrides the preset."})
     num_tasks: int = field(default=8, metadata={"help": "Tasks per batch (each gets its own inner step)."})
+    texts_per_episode: int = field(
+        default=1,
+        metadata={
+            "help": "Tasks per episode: their texts are absorbed one after another (or added up) before all their "
+            "questions are asked. The SFT step covers the same tasks, so its ratio is to T separate SFT steps."
+        },
+    )
+    text_composition: str = field(
+        default="sequential",
+        metadata={"help": "How an episode's texts combine.", "choices": ["sequential", "additive"]},
+    )
     context_length: int = field(default=512, metadata={"help": "Context tokens per task."})
     context_lengths: list[int] | None = field(
         default=None,
@@ -147,7 +158,11 @@ def build_meta_model(args: BenchmarkArguments, device: torch.device) -> MetaDist
     peft_model = get_peft_model(
         base, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
     )
-    settings = MetaPromptSettings(memory_efficient_inner=args.memory_efficient_inner)
+    settings = MetaPromptSettings(
+        memory_efficient_inner=args.memory_efficient_inner,
+        texts_per_episode=args.texts_per_episode,
+        text_composition=args.text_composition,
+    )
     meta = MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2).to(device)
     if args.activation_checkpointing:
         meta.activation_checkpointing_enable()
@@ -371,7 +386,8 @@ def format_table(report: dict) -> str:
         f"{report['device']} ({report['torch_threads']} threads), {report['num_parameters'] / 1e6:.1f}M parameters "
         f"{report['model']}, {args['dtype']}{' + bf16 autocast' if args['bf16_autocast'] else ''}, LoRA r="
         f"{args['lora_r']}, {args['num_tasks']} tasks x (context + {args['query_length']} query + "
-        f"{args['answer_length']} answer) tokens, {inner} inner pass; median of {args['repeats']} runs "
+        f"{args['answer_length']} answer) tokens in episodes of {args.get('texts_per_episode', 1)} "
+        f"({args.get('text_composition', 'sequential')}), {inner} inner pass; median of {args['repeats']} runs "
         f"({args['timer']} time)"
     )
     columns = f"{'context':>7}  {'step':<26} {'time (s)':>10} {'x SFT':>7} {'peak mem (MiB)':>15} {'x SFT':>7}"
