@@ -11,6 +11,7 @@ and left padding right-aligns the answers: one `logits_to_keep` window then line
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,7 +192,10 @@ class PromptTargetCollator:
                         f"{self.max_context_length}. Raise max_context_length or use context_truncation='left'."
                     )
                 self.num_truncated_contexts += 1
-                logger.warning(
+                # The 1st, 10th, 100th, ... truncation is a warning: a long run is told, not flooded.
+                count = self.num_truncated_contexts
+                logger.log(
+                    logging.WARNING if math.log10(count).is_integer() else logging.DEBUG,
                     "Context of example %d truncated from the left (%d → %d tokens); %d truncated so far.",
                     index,
                     len(context),
