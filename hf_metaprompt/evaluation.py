@@ -39,7 +39,8 @@ from .hub import RESULTS_FILE_NAME
 from .inner import inner_update
 from .losses import token_logprobs
 from .metrics import exact_match, share_of_gap_closed, token_f1
-from .modeling import IGNORE_INDEX, MetaDistillModel, causal_logits, target_window
+from .modeling import MetaDistillModel, causal_logits
+from .tokens import IGNORE_INDEX, decode_answers, target_window
 
 logger = logging.getLogger(__name__)
 
@@ -264,9 +265,7 @@ class ConditionEvaluator:
             pad_token_id=self.collator.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
-        # An answer ends at the end of its line (models keep writing the next question).
-        return [text.split("\n")[0].strip() for text in texts]
+        return [answer.strip() for answer in decode_answers(self.tokenizer, output, input_ids.shape[1])]
 
 
 def _answer_logprobs(

@@ -26,12 +26,13 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
-from .collator import PromptTargetCollator, pad_token_id
+from .collator import PromptTargetCollator
 from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
 from .hub import DEFAULT_TAGS, local_path_or_repo_id, write_checkpoint_card
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
+from .tokens import pad_token_id
 from .validation import position_limit, validate_dataset
 
 logger = logging.getLogger(__name__)
