@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 from .collator import PromptTargetCollator
 from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
-from .hub import DEFAULT_TAGS, local_path_or_repo_id, write_checkpoint_card
+from .hub import DEFAULT_TAGS, PAPER, TRAINER_NAME, local_path_or_repo_id, write_checkpoint_card
 from .modeling import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
 from .tokens import pad_token_id
@@ -55,12 +55,8 @@ class MetaDistillTrainer(Trainer):
     """
 
     _tag_names = ["hf_metaprompt", "meta-learning", "meta-distillation"]
-    _name = "MetaDistill"
-    _paper = {
-        "title": "Can Gradient Descent Simulate Prompting?",
-        "id": "2506.20989",
-        "citation": "Zhang, Choshen & Andreas (2025)",
-    }
+    _name = TRAINER_NAME
+    _paper = PAPER
 
     def __init__(
         self,
@@ -310,6 +306,8 @@ class MetaDistillTrainer(Trainer):
             datasets=[dataset_name] if dataset_name else None,
             command=command,
             tags=[tag for tag in (*self._tag_names, *_as_list(tags)) if tag not in DEFAULT_TAGS],
+            trainer_name=self._name,
+            paper=self._paper,
             **{k: v for k, v in examples.items() if v},
         )
 
