@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .settings import DISTILL_ON, MetaPromptFields
 from .tokens import IGNORE_INDEX, context_rows, encode, pad_rows, pad_token_id, special_prefix_ids
 
 logger = logging.getLogger(__name__)
+
+CONTEXT_TRUNCATION = ("left", "error")
 
 
 @dataclass
@@ -56,47 +59,51 @@ class PromptTargetCollator:
     """
 
     tokenizer: PreTrainedTokenizerBase
-    max_context_length: int = 512
-    max_query_length: int = 128
-    max_answer_length: int = 64
+    # Defaults of the fields a checkpoint's settings share are the settings' (one declaration).
+    max_context_length: int = MetaPromptFields.max_context_length
+    max_query_length: int = MetaPromptFields.max_query_length
+    max_answer_length: int = MetaPromptFields.max_answer_length
     context_truncation: str = "left"
-    distill_on: str = "answer"
-    context_separator: str = "\n"
+    distill_on: str = MetaPromptFields.distill_on
+    context_separator: str = MetaPromptFields.context_separator
     context_field: str = "context"
     query_field: str = "query"
     answer_field: str = "answer"
     append_eos_to_answer: bool = True
-    texts_per_episode: int = 1
+    texts_per_episode: int = MetaPromptFields.texts_per_episode
     num_truncated_contexts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if self.context_truncation not in ("left", "error"):
-            raise ValueError(f"`context_truncation` must be 'left' or 'error', got {self.context_truncation!r}.")
+        if self.context_truncation not in CONTEXT_TRUNCATION:
+            raise ValueError(
+                f"`context_truncation` must be one of {CONTEXT_TRUNCATION}, got {self.context_truncation!r}."
+            )
         if not isinstance(self.texts_per_episode, int) or self.texts_per_episode < 1:
             raise ValueError(f"`texts_per_episode` must be a positive integer, got {self.texts_per_episode!r}.")
-        if self.distill_on not in ("answer", "query_and_answer"):
-            raise ValueError(f"`distill_on` must be 'answer' or 'query_and_answer', got {self.distill_on!r}.")
+        if self.distill_on not in DISTILL_ON:
+            raise ValueError(f"`distill_on` must be one of {DISTILL_ON}, got {self.distill_on!r}.")
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.special_prefix = special_prefix_ids(self.tokenizer)
         self.separator_ids = encode(self.tokenizer, [self.context_separator])[0] if self.context_separator else []
 
     @classmethod
+    def from_settings(
+        cls, tokenizer: PreTrainedTokenizerBase, settings: Any, **overrides: Any
+    ) -> PromptTargetCollator:
+        """The collator whose views `settings` describe: every collator field `settings` has, then `overrides`.
+
+        `settings` is a `MetaPromptSettings` (the views a checkpoint was meta-trained on) or a `MetaDistillConfig`
+        (which also names the data columns, the truncation and the answer's EOS).
+        """
+        names = [spec.name for spec in fields(cls) if spec.init and spec.name != "tokenizer"]
+        return cls(
+            tokenizer, **{name: getattr(settings, name) for name in names if hasattr(settings, name)} | overrides
+        )
+
+    @classmethod
     def from_config(cls, tokenizer: PreTrainedTokenizerBase, args: Any) -> PromptTargetCollator:
         """The collator a `MetaDistillConfig` describes."""
-        return cls(
-            tokenizer,
-            max_context_length=args.max_context_length,
-            max_query_length=args.max_query_length,
-            max_answer_length=args.max_answer_length,
-            context_truncation=args.context_truncation,
-            distill_on=args.distill_on,
-            context_separator=args.context_separator,
-            context_field=args.context_field,
-            query_field=args.query_field,
-            answer_field=args.answer_field,
-            append_eos_to_answer=args.append_eos_to_answer,
-            texts_per_episode=args.texts_per_episode,
-        )
+        return cls.from_settings(tokenizer, args)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(examples) == 0:

@@ -99,13 +99,13 @@ class ConditionEvaluator:
         self.texts_absorbed = texts_absorbed
         settings = meta.settings
         self.max_new_tokens = max_new_tokens or settings.max_answer_length
-        self.collator = PromptTargetCollator(
+        self.collator = PromptTargetCollator.from_settings(
             tokenizer,
-            max_context_length=settings.max_context_length,
-            max_query_length=settings.max_query_length,
-            max_answer_length=max(settings.max_answer_length, 256),
-            context_separator=settings.context_separator,
+            settings,
+            max_answer_length=max(settings.max_answer_length, 256),  # gold answers may be longer than generations
             append_eos_to_answer=False,  # the metric is the answer's own likelihood
+            distill_on="answer",  # the labels score the answer alone
+            texts_per_episode=1,  # the evaluator groups texts itself (`texts_absorbed`)
         )
         self.show_progress = show_progress
         base = meta.teacher if meta.teacher is not None else meta.model.get_base_model()

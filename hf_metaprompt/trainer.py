@@ -94,7 +94,7 @@ class MetaDistillTrainer(Trainer):
             eos_token_id=processing_class.eos_token_id,
         )
         if data_collator is None:
-            data_collator = PromptTargetCollator.from_config(processing_class, args)
+            data_collator = PromptTargetCollator.from_settings(processing_class, args)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._non_finite_loss = False
         self._consecutive_skipped_steps = 0
