@@ -115,7 +115,7 @@ def _train(argv: list[str]) -> None:
 
 def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
     from .evaluation import format_curve, format_table, save_results
-    from .model import MetaPromptModel
+    from .metaprompt_model import MetaPromptModel
     from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
 
     defaults = ScriptArguments()
@@ -144,7 +144,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
 
 
 def _absorb(args: AbsorbArguments, positional: argparse.Namespace) -> None:
-    from .model import MetaPromptModel
+    from .metaprompt_model import MetaPromptModel
 
     if not args.text.is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file")

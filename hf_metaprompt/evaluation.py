@@ -38,8 +38,8 @@ from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
 from .hub import RESULTS_FILE_NAME
 from .inner import inner_update
 from .losses import token_logprobs
+from .meta_step import MetaDistillModel, causal_logits
 from .metrics import exact_match, share_of_gap_closed, token_f1
-from .modeling import MetaDistillModel, causal_logits
 from .tokens import IGNORE_INDEX, decode_answers, target_window
 
 logger = logging.getLogger(__name__)

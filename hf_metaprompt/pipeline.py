@@ -29,7 +29,7 @@ from .evaluation import (
     save_results,
 )
 from .hub import is_repo_id
-from .modeling import MetaDistillModel
+from .meta_step import MetaDistillModel
 from .trainer import MetaDistillTrainer
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from .collator import PromptTargetCollator
 from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
 from .hub import DEFAULT_TAGS, PAPER, TRAINER_NAME, local_path_or_repo_id, write_checkpoint_card
-from .modeling import MetaDistillModel
+from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
 from .tokens import pad_token_id
 from .validation import position_limit, validate_dataset

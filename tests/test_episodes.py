@@ -18,7 +18,7 @@ from hf_metaprompt import (
 from hf_metaprompt.fast_weights import use_fast_weights
 from hf_metaprompt.inner import inner_update
 from hf_metaprompt.losses import distillation_divergence
-from hf_metaprompt.modeling import causal_logits
+from hf_metaprompt.meta_step import causal_logits
 from hf_metaprompt.tokens import IGNORE_INDEX, target_window
 
 # Two episodes of two texts each.

@@ -82,7 +82,7 @@ def test_absorb_per_row_equals_absorbing_each_text_alone(checkpoint):
 @pytest.mark.parametrize("max_context_length", [12, 10_000])
 def test_absorb_tokenises_a_context_like_the_collators_inner_view(checkpoint, monkeypatch, max_context_length):
     """Inference absorbs exactly the ids meta-training took its inner step on: same prefix, tokens and truncation."""
-    import hf_metaprompt.model as model_module
+    import hf_metaprompt.metaprompt_model as model_module
 
     model = MetaPromptModel.from_pretrained(checkpoint[0])
     model.meta.settings = dataclasses.replace(model.settings, max_context_length=max_context_length)
@@ -227,7 +227,7 @@ def test_threads_each_see_only_their_own_absorbed_text(checkpoint):
 
 def test_failed_absorb_leaves_the_state_as_it_was(checkpoint, monkeypatch):
     """All or nothing: a text that fails (here: the second inner step raises) leaves no earlier text absorbed."""
-    import hf_metaprompt.model as model_module
+    import hf_metaprompt.metaprompt_model as model_module
 
     model = MetaPromptModel.from_pretrained(checkpoint[0]).absorb(TEXTS[1])
     before = student_logits(model)

@@ -12,7 +12,7 @@ from datasets import Dataset
 from peft import PeftModel
 
 from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer
-from hf_metaprompt.modeling import MetaDistillModel
+from hf_metaprompt.meta_step import MetaDistillModel
 
 NAMES = ["Alice Moreau", "Bob Tanaka", "Carla Diaz"]
 JOBS = ["baker", "pilot", "nurse"]

@@ -20,7 +20,7 @@ from .compat import quiet_peft_wrapping
 from .fast_weights import FastWeights, use_fast_weights
 from .hub import local_path_or_repo_id
 from .inner import inner_update
-from .modeling import MetaDistillModel
+from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
 from .tokens import context_rows, decode_answers, encode, pad_rows, pad_token_id, special_prefix_ids
 from .validation import position_limit
