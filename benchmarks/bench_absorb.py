@@ -22,8 +22,8 @@ import torch
 
 from hf_metaprompt import MetaPromptModel
 from hf_metaprompt.assets import tiny_metaprompt_path
-from hf_metaprompt.collator import pad_rows, pad_token_id, special_prefix_ids
 from hf_metaprompt.data.tiny_world import load_tiny_world
+from hf_metaprompt.tokens import pad_rows, pad_token_id, special_prefix_ids
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, HfArgumentParser, LlamaConfig
 
 from hf_metaprompt import MetaDistillModel, MetaPromptSettings
-from hf_metaprompt.modeling import IGNORE_INDEX, target_window
+from hf_metaprompt.tokens import IGNORE_INDEX, target_window
 
 logger = logging.getLogger(__name__)
 

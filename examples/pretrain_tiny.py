@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from hf_metaprompt.data.tiny_world import PretrainingDocument, iter_pretraining_documents, load_tiny_world
+from hf_metaprompt.tokens import pad_rows
 
 logger = logging.getLogger("pretrain_tiny")
 
@@ -186,11 +187,9 @@ def iter_batches(
         batches = [encoded[start : start + args.batch_size] for start in range(0, len(encoded), args.batch_size)]
         rng.shuffle(batches)
         for batch in batches:
-            length = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), length), tokenizer.pad_token_id)
-            weights = torch.zeros((len(batch), length))
+            input_ids, _ = pad_rows([ids for ids, _ in batch], tokenizer.pad_token_id, left=False)
+            weights = torch.zeros(input_ids.shape)
             for row, (ids, token_weights) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
                 weights[row, : len(ids)] = torch.tensor(token_weights)
             yield input_ids, weights
 
@@ -211,7 +210,11 @@ def exact_match(
     batch_size: int = 64,
     max_new_tokens: int = 8,
 ) -> dict[str, float]:
-    """Greedy exact match per direction; the prediction ends at eos or at the first newline."""
+    """Greedy exact match per direction; the prediction ends at eos or at the first newline.
+
+    Strict (whitespace-stripped string equality), unlike the SQuAD-normalised `hf_metaprompt.metrics.exact_match`:
+    the numbers recorded for the shipped base were measured this way.
+    """
     newline_id = tokenizer(" \n", add_special_tokens=False)["input_ids"][-1]
     stop_ids = {tokenizer.eos_token_id, newline_id}
     model.eval()
@@ -224,10 +227,9 @@ def exact_match(
             + tokenizer(query, add_special_tokens=False)["input_ids"]
             for context, query in zip(batch["context"], batch["query"], strict=True)
         ]
-        length = max(map(len, prompts))
         # Left padding, so that every prompt ends where generation starts.
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts])
-        attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+        input_ids, attention_mask = pad_rows(prompts, tokenizer.pad_token_id, left=True)
+        length = input_ids.shape[1]
         generated = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -3,8 +3,8 @@
 from .collator import PromptTargetCollator
 from .config import MetaDistillConfig
 from .fast_weights import FastWeights, use_fast_weights
-from .model import MetaPromptModel
-from .modeling import MetaDistillModel
+from .meta_step import MetaDistillModel
+from .metaprompt_model import MetaPromptModel
 from .settings import MetaPromptSettings
 from .trainer import MetaDistillTrainer
 

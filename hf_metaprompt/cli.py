@@ -12,10 +12,16 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The Hub client's base HTTP error: error statuses (`HfHubHTTPError`) and no connection at all.
 from huggingface_hub.errors import HTTPError as HubHTTPError
+from transformers import HfArgumentParser
+
+if TYPE_CHECKING:
+    from .pipeline import ScriptArguments
 
 logger = logging.getLogger("hf_metaprompt")
 
@@ -23,51 +29,82 @@ logger = logging.getLogger("hf_metaprompt")
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError, HubHTTPError)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from .evaluation import CONDITIONS
-    from .pipeline import TASKS
+@dataclass
+class EvalArguments:
+    """`eval` options beyond the pipeline's `ScriptArguments` (which give the task, data and conditions)."""
+
+    batch_size: int = field(default=32, metadata={"help": "Tasks per evaluation batch."})
+    seed: int = field(default=0, metadata={"help": "Seed of the subsets drawn (the embedded default's seed)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write eval_results.json and the plot."})
+
+
+@dataclass
+class AbsorbArguments:
+    text: Path = field(metadata={"help": "File holding the text to absorb."})
+    ask: list[str] = field(metadata={"help": "Question(s) to ask; repeatable.", "action": "extend"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Cap on generated tokens per answer."})
+
+
+@dataclass
+class PushArguments:
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+
+# `ScriptArguments` fields that only `train` reads: `eval` rejects them rather than ignore them.
+TRAINING_ONLY = ("model_name_or_path", "train_split", "max_train_samples", "skip_training", "base_model_id")
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, HfArgumentParser]]:
+    """The top-level parser and one `HfArgumentParser` per subcommand, built from the dataclasses they fill."""
+    from .pipeline import ScriptArguments
 
     parser = argparse.ArgumentParser(
         prog="hf-metaprompt",
         description="Meta-trained models that learn a text from one gradient step.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     commands.add_parser(
         "train",
         help="meta-train, evaluate and save (same flags as examples/run_meta.py; `train --help` lists them)",
         add_help=False,
     )
-
-    evaluate = commands.add_parser("eval", help="evaluate a saved checkpoint under every condition")
-    evaluate.add_argument("checkpoint", help="output directory of `train`, or a Hub repo id")
-    evaluate.add_argument("--task", default="tiny_world", choices=TASKS)
-    evaluate.add_argument("--dataset_name", help="dataset id or path (all tasks but tiny_world)")
-    evaluate.add_argument("--dataset_config")
-    evaluate.add_argument("--eval_split", default="validation", help="held-out split (squad/text)")
-    evaluate.add_argument("--max_eval_samples", type=int, default=200)
-    evaluate.add_argument("--max_validation_samples", type=int, default=100)
-    evaluate.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
-    evaluate.add_argument(
-        "--texts_absorbed", type=int, nargs="+", default=[1], help="texts absorbed one after another before asking"
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a saved checkpoint under every condition",
+        dataclass_types=(ScriptArguments, EvalArguments),
     )
-    evaluate.add_argument("--batch_size", type=int, default=32)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--output_dir", help="where to write eval_results.json and the plot")
-
-    absorb = commands.add_parser("absorb", help="absorb a text with one gradient step, then ask questions")
+    evaluate.add_argument("checkpoint", help="output directory of `train`, or a Hub repo id")
+    absorb = commands.add_parser(
+        "absorb", help="absorb a text with one gradient step, then ask questions", dataclass_types=AbsorbArguments
+    )
     absorb.add_argument("checkpoint", help="output directory of `train`, or a Hub repo id")
-    absorb.add_argument("--text", required=True, type=Path, help="file holding the text to absorb")
-    absorb.add_argument("--ask", required=True, action="append", help="a question (repeatable)")
-    absorb.add_argument("--max_new_tokens", type=int)
-
-    push = commands.add_parser("push", help="upload a checkpoint (adapter, settings, card, results) to the Hub")
+    push = commands.add_parser(
+        "push",
+        help="upload a checkpoint (adapter, settings, card, results) to the Hub",
+        dataclass_types=PushArguments,
+    )
     push.add_argument("checkpoint", type=Path, help="output directory of `train`")
     push.add_argument("repo_id")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--token")
-    return parser
+    return parser, commands.choices
+
+
+def parse_command(argv: list[str]) -> tuple[str, tuple]:
+    """The subcommand and its filled dataclasses, positional arguments last (as a namespace); `train` keeps argv."""
+    parser, commands = _build_parser()
+    command = argv[0] if argv else None
+    if command == "train":
+        return command, (argv[1:],)
+    if command not in commands:
+        parser.parse_args(argv)  # usage, or the error naming the valid commands; exits
+    subparser = commands[command]
+    if command == "eval":
+        from .pipeline import is_default_task, tiny_world_script_defaults
+
+        if is_default_task(subparser, argv[1:]):
+            subparser.set_defaults(**tiny_world_script_defaults())
+    return command, tuple(subparser.parse_args_into_dataclasses(args=argv[1:]))
 
 
 def _train(argv: list[str]) -> None:
@@ -76,64 +113,64 @@ def _train(argv: list[str]) -> None:
     main(argv)
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
     from .evaluation import format_curve, format_table, save_results
-    from .model import MetaPromptModel
+    from .metaprompt_model import MetaPromptModel
     from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
 
-    model = MetaPromptModel.from_pretrained(args.checkpoint)
-    script_args = ScriptArguments(
-        task=args.task, dataset_name=args.dataset_name, dataset_config=args.dataset_config, eval_split=args.eval_split
-    )
+    defaults = ScriptArguments()
+    for name in TRAINING_ONLY:
+        if getattr(script_args, name) != getattr(defaults, name):
+            raise ValueError(f"--{name} is a `train` flag; `eval` reads the checkpoint's recorded base model.")
+    model = MetaPromptModel.from_pretrained(positional.checkpoint)
     splits = load_task(script_args, args.seed)
     rows = evaluate_all(
         model.meta,
         model.tokenizer,
-        take_subset(splits["validation"], args.max_validation_samples, args.seed),
-        take_subset(splits["test"], args.max_eval_samples, args.seed),
-        task=args.task,
-        conditions=args.conditions,
-        texts_absorbed=args.texts_absorbed,
+        take_subset(splits["validation"], script_args.max_validation_samples, args.seed),
+        take_subset(splits["test"], script_args.max_eval_samples, args.seed),
+        task=script_args.task,
+        conditions=script_args.conditions,
+        plain_ft_lr_grid=script_args.plain_ft_lrs,
+        texts_absorbed=script_args.texts_absorbed,
         batch_size=args.batch_size,
     )
     logger.info("Results:\n%s", format_table(rows))
-    if len(args.texts_absorbed) > 1:
+    if len(script_args.texts_absorbed) > 1:
         logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
     if args.output_dir:
         save_results(rows, args.output_dir)
     print(json.dumps(rows, indent=2))
 
 
-def _absorb(args: argparse.Namespace) -> None:
-    from .model import MetaPromptModel
+def _absorb(args: AbsorbArguments, positional: argparse.Namespace) -> None:
+    from .metaprompt_model import MetaPromptModel
 
     if not args.text.is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file")
-    model = MetaPromptModel.from_pretrained(args.checkpoint)
+    model = MetaPromptModel.from_pretrained(positional.checkpoint)
     model.absorb(args.text.read_text())
     for question, answer in zip(args.ask, model.ask(args.ask, max_new_tokens=args.max_new_tokens), strict=True):
         print(f"{question.strip()} {answer.strip()}")
 
 
-def _push(args: argparse.Namespace) -> None:
+def _push(args: PushArguments, positional: argparse.Namespace) -> None:
     from .hub import push_checkpoint
 
-    print(push_checkpoint(args.checkpoint, args.repo_id, private=args.private, token=args.token))
+    print(push_checkpoint(positional.checkpoint, positional.repo_id, private=args.private, token=args.token))
+
+
+HANDLERS = {"train": _train, "eval": _evaluate, "absorb": _absorb, "push": _push}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
-    if argv[:1] == ["train"]:
-        handler, payload = _train, argv[1:]
-    else:
-        args = parser.parse_args(argv)
-        handler, payload = {"eval": _evaluate, "absorb": _absorb, "push": _push}[args.command], args
     from .pipeline import setup_logging
 
     setup_logging()
     try:
-        handler(payload)
+        command, arguments = parse_command(argv)
+        HANDLERS[command](*arguments)
     except USER_ERRORS as error:
         print(f"hf-metaprompt: error: {error}", file=sys.stderr)
         return 2

@@ -11,22 +11,24 @@ and left padding right-aligns the answers: one `logits_to_keep` window then line
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .modeling import IGNORE_INDEX
+from .settings import DISTILL_ON, MetaPromptFields
+from .tokens import IGNORE_INDEX, context_rows, encode, pad_rows, pad_token_id, special_prefix_ids
 
 logger = logging.getLogger(__name__)
+
+CONTEXT_TRUNCATION = ("left", "error")
 
 
 @dataclass
 class _Tokenized:
-    context: list[int]
+    inner: list[int]  # the special prefix and the (possibly truncated) context
     query: list[int]
     answer: list[int]
 
@@ -57,47 +59,51 @@ class PromptTargetCollator:
     """
 
     tokenizer: PreTrainedTokenizerBase
-    max_context_length: int = 512
-    max_query_length: int = 128
-    max_answer_length: int = 64
+    # Defaults of the fields a checkpoint's settings share are the settings' (one declaration).
+    max_context_length: int = MetaPromptFields.max_context_length
+    max_query_length: int = MetaPromptFields.max_query_length
+    max_answer_length: int = MetaPromptFields.max_answer_length
     context_truncation: str = "left"
-    distill_on: str = "answer"
-    context_separator: str = "\n"
+    distill_on: str = MetaPromptFields.distill_on
+    context_separator: str = MetaPromptFields.context_separator
     context_field: str = "context"
     query_field: str = "query"
     answer_field: str = "answer"
     append_eos_to_answer: bool = True
-    texts_per_episode: int = 1
+    texts_per_episode: int = MetaPromptFields.texts_per_episode
     num_truncated_contexts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if self.context_truncation not in ("left", "error"):
-            raise ValueError(f"`context_truncation` must be 'left' or 'error', got {self.context_truncation!r}.")
+        if self.context_truncation not in CONTEXT_TRUNCATION:
+            raise ValueError(
+                f"`context_truncation` must be one of {CONTEXT_TRUNCATION}, got {self.context_truncation!r}."
+            )
         if not isinstance(self.texts_per_episode, int) or self.texts_per_episode < 1:
             raise ValueError(f"`texts_per_episode` must be a positive integer, got {self.texts_per_episode!r}.")
-        if self.distill_on not in ("answer", "query_and_answer"):
-            raise ValueError(f"`distill_on` must be 'answer' or 'query_and_answer', got {self.distill_on!r}.")
+        if self.distill_on not in DISTILL_ON:
+            raise ValueError(f"`distill_on` must be one of {DISTILL_ON}, got {self.distill_on!r}.")
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.special_prefix = special_prefix_ids(self.tokenizer)
-        self.separator_ids = self._encode([self.context_separator])[0] if self.context_separator else []
+        self.separator_ids = encode(self.tokenizer, [self.context_separator])[0] if self.context_separator else []
+
+    @classmethod
+    def from_settings(
+        cls, tokenizer: PreTrainedTokenizerBase, settings: Any, **overrides: Any
+    ) -> PromptTargetCollator:
+        """The collator whose views `settings` describe: every collator field `settings` has, then `overrides`.
+
+        `settings` is a `MetaPromptSettings` (the views a checkpoint was meta-trained on) or a `MetaDistillConfig`
+        (which also names the data columns, the truncation and the answer's EOS).
+        """
+        names = [spec.name for spec in fields(cls) if spec.init and spec.name != "tokenizer"]
+        return cls(
+            tokenizer, **{name: getattr(settings, name) for name in names if hasattr(settings, name)} | overrides
+        )
 
     @classmethod
     def from_config(cls, tokenizer: PreTrainedTokenizerBase, args: Any) -> PromptTargetCollator:
         """The collator a `MetaDistillConfig` describes."""
-        return cls(
-            tokenizer,
-            max_context_length=args.max_context_length,
-            max_query_length=args.max_query_length,
-            max_answer_length=args.max_answer_length,
-            context_truncation=args.context_truncation,
-            distill_on=args.distill_on,
-            context_separator=args.context_separator,
-            context_field=args.context_field,
-            query_field=args.query_field,
-            answer_field=args.answer_field,
-            append_eos_to_answer=args.append_eos_to_answer,
-            texts_per_episode=args.texts_per_episode,
-        )
+        return cls.from_settings(tokenizer, args)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(examples) == 0:
@@ -106,8 +112,8 @@ class PromptTargetCollator:
         labelled = self._check(examples)
         items = self._tokenize(examples)
         prefix, sep = self.special_prefix, self.separator_ids
-        inner = [prefix + item.context for item in items]
-        teacher = [prefix + item.context + sep + item.query + item.answer for item in items]
+        inner = [item.inner for item in items]
+        teacher = [item.inner + sep + item.query + item.answer for item in items]
         student = [prefix + item.query + item.answer for item in items]
         label_rows = [self._student_labels(len(prefix), item) for item in items]
 
@@ -165,16 +171,11 @@ class PromptTargetCollator:
             )
         return all(has_answer)
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-
     def _tokenize(self, examples: Sequence[Mapping[str, Any]]) -> list[_Tokenized]:
-        contexts = self._encode([e[self.context_field] for e in examples])
-        queries = self._encode([e[self.query_field] for e in examples])
-        answers = self._encode([e.get(self.answer_field) or "" for e in examples])
+        queries = encode(self.tokenizer, [e[self.query_field] for e in examples])
+        answers = encode(self.tokenizer, [e.get(self.answer_field) or "" for e in examples])
         eos = self.tokenizer.eos_token_id if self.append_eos_to_answer else None
-        items = []
-        for index, (context, query, answer) in enumerate(zip(contexts, queries, answers, strict=True)):
+        for index, (query, answer) in enumerate(zip(queries, answers, strict=True)):
             if len(query) > self.max_query_length:
                 raise ValueError(
                     f"Example {index}: the query has {len(query)} tokens > max_query_length={self.max_query_length}. "
@@ -185,30 +186,18 @@ class PromptTargetCollator:
                     f"Example {index}: the answer has {len(answer)} tokens > max_answer_length="
                     f"{self.max_answer_length}; answers are never truncated. Raise max_answer_length."
                 )
-            if len(context) > self.max_context_length:
-                if self.context_truncation == "error":
-                    raise ValueError(
-                        f"Example {index}: the context has {len(context)} tokens > max_context_length="
-                        f"{self.max_context_length}. Raise max_context_length or use context_truncation='left'."
-                    )
-                self.num_truncated_contexts += 1
-                # The 1st, 10th, 100th, ... truncation is a warning: a long run is told, not flooded.
-                count = self.num_truncated_contexts
-                logger.log(
-                    logging.WARNING if math.log10(count).is_integer() else logging.DEBUG,
-                    "Context of example %d truncated from the left (%d → %d tokens); %d truncated so far.",
-                    index,
-                    len(context),
-                    self.max_context_length,
-                    self.num_truncated_contexts,
-                )
-                context = context[-self.max_context_length :]
-            if len(self.special_prefix) + len(context) < 2:
-                raise ValueError(f"Example {index}: the context must span at least two tokens to learn from.")
-            if answer and eos is not None:
-                answer = [*answer, eos]
-            items.append(_Tokenized(context, query, answer))
-        return items
+        inner, truncated = context_rows(
+            self.tokenizer,
+            [e[self.context_field] for e in examples],
+            self.max_context_length,
+            truncation=self.context_truncation,
+            prefix=self.special_prefix,
+        )
+        self.num_truncated_contexts += truncated
+        return [
+            _Tokenized(row, query, [*answer, eos] if answer and eos is not None else answer)
+            for row, query, answer in zip(inner, queries, answers, strict=True)
+        ]
 
     def _student_labels(self, prefix_length: int, item: _Tokenized) -> list[int]:
         """Targets of the student view; position 0 is never a target (nothing predicts it)."""
@@ -219,34 +208,3 @@ class PromptTargetCollator:
 
     def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return pad_rows(rows, self.pad_token_id if value is None else value, left=left)
-
-
-def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows → `(ids, attention_mask)`; `left=True` right-aligns the rows (padding in front)."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-def special_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The special tokens the tokenizer puts before a text (Llama: `[bos]`; GPT-2, Qwen2: none)."""
-    probe = "hello"
-    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id to pad with: the pad token, else EOS, else UNK (padding is always masked out)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if candidate is not None:
-            return candidate
-    raise ValueError("The tokenizer has no pad, eos or unk token to pad with; set `tokenizer.pad_token`.")

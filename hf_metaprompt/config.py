@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from .settings import DISTILL_LOSSES, DISTILL_ON, INNER_PARAMS, TEXT_COMPOSITIONS, MetaPromptSettings
-
-CONTEXT_TRUNCATION = ("left", "error")
+from .collator import CONTEXT_TRUNCATION
+from .settings import MetaPromptFields, MetaPromptSettings, check_choices
 
 
 @dataclass
-class MetaDistillConfig(TrainingArguments):
+class MetaDistillConfig(MetaPromptFields, TrainingArguments):
     r"""
     Configuration class for [`MetaDistillTrainer`].
 
@@ -127,10 +126,7 @@ class MetaDistillConfig(TrainingArguments):
         metadata={"help": "Every trainable parameter takes part in each meta-step: no need to search the graph."},
     )
 
-    inner_lr: float = field(default=1e-2, metadata={"help": "Initial learning rate of the inner (absorbing) step."})
-    learn_inner_lr: bool = field(
-        default=True, metadata={"help": "Meta-learn one inner learning rate per adapted module (log space)."}
-    )
+    # The inner-loop, distillation and length fields are `MetaPromptFields`'; these two default to inner_lr's.
     min_inner_lr: float | None = field(
         default=None, metadata={"help": "Lower bound of learned inner LRs. Default: inner_lr / 100."}
     )
@@ -140,60 +136,11 @@ class MetaDistillConfig(TrainingArguments):
     inner_lr_learning_rate: float | None = field(
         default=None, metadata={"help": "Outer learning rate of the log inner LRs. Default: learning_rate."}
     )
-    inner_steps: int = field(default=1, metadata={"help": "Number of inner gradient steps on the context."})
-    texts_per_episode: int = field(
-        default=1,
-        metadata={
-            "help": "Texts absorbed one after another per episode (consecutive tasks of a batch); the questions of "
-            "all of them are asked after the last. The batch size must be a multiple of it."
-        },
-    )
-    vary_texts_per_episode: bool = field(
-        default=False,
-        metadata={"help": "Draw each batch's episode length from the powers of two up to texts_per_episode."},
-    )
-    text_composition: str = field(
-        default="sequential",
-        metadata={
-            "help": "How several texts combine: 'sequential' (each step starts where the previous text left the "
-            "weights) or 'additive' (updates computed from the meta-trained weights add up; needs inner_steps=1).",
-            "choices": list(TEXT_COMPOSITIONS),
-        },
-    )
-    first_order: bool = field(
-        default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
-    )
-    memory_efficient_inner: bool = field(
-        default=True,
-        metadata={
-            "help": "Inner pass with block-recomputed attention and a chunked vocabulary loss (same meta-gradient, "
-            "memory linear in the context length); False: math-kernel attention and full logits (reference)."
-        },
-    )
-    inner_params: str = field(
-        default="lora",
-        metadata={"help": "Parameters the inner step updates.", "choices": list(INNER_PARAMS)},
-    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of the meta-learned adapter."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules to adapt. Default: every linear layer but the output head."}
-    )
-    distill_loss: str = field(
-        default="forward_kl",
-        metadata={"help": "Divergence teacher→student.", "choices": list(DISTILL_LOSSES)},
-    )
-    jsd_beta: float = field(default=0.5, metadata={"help": "Weight of the generalized JSD (distill_loss=jsd)."})
-    distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation."})
-    distill_on: str = field(
-        default="answer",
-        metadata={"help": "Positions where the divergence is taken.", "choices": list(DISTILL_ON)},
-    )
-    max_context_length: int = field(default=512, metadata={"help": "Maximum context tokens."})
-    max_query_length: int = field(default=128, metadata={"help": "Maximum query tokens (longer raises)."})
-    max_answer_length: int = field(
-        default=64, metadata={"help": "Maximum answer tokens (longer raises); teacher generation budget."}
     )
     append_eos_to_answer: bool = field(
         default=True, metadata={"help": "Distil the position after the answer too, so the model learns to stop."}
@@ -202,7 +149,6 @@ class MetaDistillConfig(TrainingArguments):
         default="left",
         metadata={"help": "Too-long contexts: drop oldest tokens or raise.", "choices": list(CONTEXT_TRUNCATION)},
     )
-    context_separator: str = field(default="\n", metadata={"help": "Text between context and query."})
     context_field: str = field(default="context", metadata={"help": "Dataset column holding the context."})
     query_field: str = field(default="query", metadata={"help": "Dataset column holding the query."})
     answer_field: str = field(default="answer", metadata={"help": "Dataset column holding the (optional) answer."})
@@ -257,16 +203,17 @@ class MetaDistillConfig(TrainingArguments):
             raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout}.")
         if not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(f"`jsd_beta` must be in (0, 1), got {self.jsd_beta}.")
-        _check_choice(self, "inner_params", INNER_PARAMS)
-        _check_choice(self, "text_composition", TEXT_COMPOSITIONS)
+        check_choices(self)
         if self.text_composition == "additive" and self.inner_steps != 1:
             raise ValueError(
                 f"text_composition='additive' adds one gradient step per text; got inner_steps={self.inner_steps}. "
                 "Set inner_steps=1 or text_composition='sequential'."
             )
-        _check_choice(self, "distill_loss", DISTILL_LOSSES)
-        _check_choice(self, "distill_on", DISTILL_ON)
-        _check_choice(self, "context_truncation", CONTEXT_TRUNCATION)
+        if self.context_truncation not in CONTEXT_TRUNCATION:
+            raise ValueError(
+                f"`context_truncation` must be one of {', '.join(map(repr, CONTEXT_TRUNCATION))}; got "
+                f"{self.context_truncation!r}."
+            )
         for name in ("context_field", "query_field", "answer_field"):
             if not getattr(self, name):
                 raise ValueError(f"`{name}` must be a non-empty column name.")
@@ -280,28 +227,8 @@ class MetaDistillConfig(TrainingArguments):
             )
 
     def to_settings(self) -> MetaPromptSettings:
-        """The inner-loop and distillation settings that travel with a saved checkpoint."""
-        return MetaPromptSettings(
-            inner_params=self.inner_params,
-            inner_lr=self.inner_lr,
-            learn_inner_lr=self.learn_inner_lr,
-            min_inner_lr=self.min_inner_lr,
-            max_inner_lr=self.max_inner_lr,
-            inner_steps=self.inner_steps,
-            texts_per_episode=self.texts_per_episode,
-            vary_texts_per_episode=self.vary_texts_per_episode,
-            text_composition=self.text_composition,
-            first_order=self.first_order,
-            memory_efficient_inner=self.memory_efficient_inner,
-            distill_loss=self.distill_loss,
-            jsd_beta=self.jsd_beta,
-            distill_temperature=self.distill_temperature,
-            distill_on=self.distill_on,
-            max_context_length=self.max_context_length,
-            max_query_length=self.max_query_length,
-            max_answer_length=self.max_answer_length,
-            context_separator=self.context_separator,
-        )
+        """The inner-loop and distillation settings that travel with a saved checkpoint: every `MetaPromptFields`."""
+        return MetaPromptSettings(**{spec.name: getattr(self, spec.name) for spec in fields(MetaPromptFields)})
 
 
 def _check_positive(config: MetaDistillConfig, *names: str) -> None:
@@ -309,9 +236,3 @@ def _check_positive(config: MetaDistillConfig, *names: str) -> None:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-
-
-def _check_choice(config: MetaDistillConfig, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(config, name)
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")

@@ -38,8 +38,9 @@ from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
 from .hub import RESULTS_FILE_NAME
 from .inner import inner_update
 from .losses import token_logprobs
+from .meta_step import MetaDistillModel, causal_logits
 from .metrics import exact_match, share_of_gap_closed, token_f1
-from .modeling import IGNORE_INDEX, MetaDistillModel, causal_logits, target_window
+from .tokens import IGNORE_INDEX, decode_answers, target_window
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +99,13 @@ class ConditionEvaluator:
         self.texts_absorbed = texts_absorbed
         settings = meta.settings
         self.max_new_tokens = max_new_tokens or settings.max_answer_length
-        self.collator = PromptTargetCollator(
+        self.collator = PromptTargetCollator.from_settings(
             tokenizer,
-            max_context_length=settings.max_context_length,
-            max_query_length=settings.max_query_length,
-            max_answer_length=max(settings.max_answer_length, 256),
-            context_separator=settings.context_separator,
+            settings,
+            max_answer_length=max(settings.max_answer_length, 256),  # gold answers may be longer than generations
             append_eos_to_answer=False,  # the metric is the answer's own likelihood
+            distill_on="answer",  # the labels score the answer alone
+            texts_per_episode=1,  # the evaluator groups texts itself (`texts_absorbed`)
         )
         self.show_progress = show_progress
         base = meta.teacher if meta.teacher is not None else meta.model.get_base_model()
@@ -264,9 +265,7 @@ class ConditionEvaluator:
             pad_token_id=self.collator.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
-        # An answer ends at the end of its line (models keep writing the next question).
-        return [text.split("\n")[0].strip() for text in texts]
+        return [answer.strip() for answer in decode_answers(self.tokenizer, output, input_ids.shape[1])]
 
 
 def _answer_logprobs(

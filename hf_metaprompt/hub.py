@@ -4,8 +4,8 @@ A meta-trained checkpoint is only useful with the inner-loop settings it was tra
 something next to the baselines (base model with and without the text in the prompt, plain fine-tuning). The card
 records both, in the body for people and in the `model-index` metadata for the Hub.
 
-The template is `model_cards/template.md` in the repository; an identical copy ships inside the package
-(`hf_metaprompt/templates/model_card.md`) so an installed wheel renders the same card. A test keeps them identical.
+The template is package data (`hf_metaprompt/templates/model_card.md`), its one copy: an installed wheel and a
+checkout render the same card.
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ _ROW_NUMERIC_KEYS = ("exact_match", "f1", "answer_logprob", "n")
 # Shown first in the inner-loop table, in this order; any other scalar setting follows.
 _INNER_KEYS_FIRST = ("inner_params", "inner_steps", "inner_lr", "learn_inner_lr", "min_inner_lr", "max_inner_lr")
 RESULTS_FILE_NAME = "eval_results.json"  # written by `evaluation.save_results`, read back for the card
+# What the card says trained the checkpoint and cites (`MetaDistillTrainer._name` / `_paper`, as TRL's trainers).
+TRAINER_NAME = "MetaDistill"
+PAPER = {
+    "title": "Can Gradient Descent Simulate Prompting?",
+    "id": "2506.20989",
+    "authors": "Eric Zhang, Leshem Choshen and Jacob Andreas",
+    "year": "2025",
+}
 _EXAMPLE_CONTEXT = "Ada Lovelace was born in London in 1815. She wrote the first published computer program."
 _EXAMPLE_QUESTION = "Where was Ada Lovelace born?"
 
@@ -206,6 +214,8 @@ def build_model_card(
     example_context: str = _EXAMPLE_CONTEXT,
     example_question: str = _EXAMPLE_QUESTION,
     load_path: str | None = None,
+    trainer_name: str = TRAINER_NAME,
+    paper: Mapping[str, str] = PAPER,
 ) -> ModelCard:
     """Render the card of a meta-trained checkpoint.
 
@@ -227,9 +237,15 @@ def build_model_card(
         example_context / example_question (`str`, *optional*): the text and question of the usage snippet.
         load_path (`str`, *optional*): what the usage snippet loads, when the checkpoint is not (yet) on the Hub
             under `repo_id`: e.g. the local output directory. Defaults to `repo_id`.
+        trainer_name (`str`, *optional*): the meta-training procedure named in the card (the trainer's `_name`).
+        paper (`dict`, *optional*): `title`, `id` (arXiv), `authors`, `year` of the method cited (the trainer's
+            `_paper`).
     """
     repo_id = _check_repo_id(repo_id, "repo_id")
     base_model = _check_repo_id(base_model, "base_model")
+    missing = [key for key in PAPER if not paper.get(key)]
+    if missing:
+        raise ValueError(f"`paper` lacks {missing}: give the cited paper's {list(PAPER)}.")
     if library_name not in LIBRARY_NAMES:
         raise ValueError(f"`library_name` must be one of {LIBRARY_NAMES}, got {library_name!r}.")
     if not isinstance(inner_settings, Mapping):
@@ -296,6 +312,8 @@ def build_model_card(
         command=command.strip() if command else None,
         example_context=json.dumps(example_context, ensure_ascii=False),
         example_question=json.dumps(example_question, ensure_ascii=False),
+        trainer_name=trainer_name,
+        paper=paper,
     )
 
 

@@ -9,8 +9,9 @@ import json
 import logging
 import shlex
 import sys
+from argparse import ArgumentParser
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import datasets
@@ -28,7 +29,7 @@ from .evaluation import (
     save_results,
 )
 from .hub import is_repo_id
-from .modeling import MetaDistillModel
+from .meta_step import MetaDistillModel
 from .trainer import MetaDistillTrainer
 
 logger = logging.getLogger(__name__)
@@ -106,15 +107,21 @@ class ScriptArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, MetaDistillConfig]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ScriptArguments, MetaDistillConfig))
-    defaults = TINY_WORLD_DEFAULTS if _is_default_task(argv) else ["--output_dir", "outputs/meta"]
+    defaults = TINY_WORLD_DEFAULTS if is_default_task(parser, argv) else ["--output_dir", "outputs/meta"]
     script_args, config = parser.parse_args_into_dataclasses(args=defaults + argv)
     return script_args, config
 
 
-def _is_default_task(argv: list[str]) -> bool:
-    """The tiny-world defaults apply unless another task or a real model is asked for."""
-    joined = " ".join(argv)
-    return "--model_name_or_path" not in joined and ("--task" not in joined or "--task tiny_world" in joined)
+def is_default_task(parser: ArgumentParser, argv: list[str]) -> bool:
+    """The tiny-world defaults apply unless another task or a real model is asked for (as `parser` reads `argv`)."""
+    namespace, _ = parser.parse_known_args(argv)
+    return namespace.model_name_or_path is None and namespace.task == "tiny_world"
+
+
+def tiny_world_script_defaults() -> dict:
+    """The `ScriptArguments` values of the embedded default, so that `eval` measures what `train` measured."""
+    namespace, _ = HfArgumentParser((ScriptArguments, MetaDistillConfig)).parse_known_args(TINY_WORLD_DEFAULTS)
+    return {f.name: getattr(namespace, f.name) for f in fields(ScriptArguments)}
 
 
 def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:

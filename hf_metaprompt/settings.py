@@ -19,7 +19,71 @@ TEXT_COMPOSITIONS = ("sequential", "additive")
 
 
 @dataclass
-class MetaPromptSettings:
+class MetaPromptFields:
+    """The inner-loop, distillation and length fields, declared once.
+
+    `MetaPromptSettings` saves them with a checkpoint (`metaprompt_config.json`), `MetaDistillConfig` takes them as
+    training arguments (`to_settings()` copies every one of them) and `PromptTargetCollator.from_settings` reads the
+    ones that shape its views. A new field added here reaches all three.
+    """
+
+    inner_params: str = field(
+        default="lora", metadata={"help": "Parameters the inner step updates.", "choices": list(INNER_PARAMS)}
+    )
+    inner_lr: float = field(default=1e-2, metadata={"help": "Initial learning rate of the inner (absorbing) step."})
+    learn_inner_lr: bool = field(
+        default=True, metadata={"help": "Meta-learn one inner learning rate per adapted module (log space)."}
+    )
+    min_inner_lr: float = field(default=1e-4, metadata={"help": "Lower bound of learned inner LRs."})
+    max_inner_lr: float = field(default=1e-1, metadata={"help": "Upper bound of learned inner LRs."})
+    inner_steps: int = field(default=1, metadata={"help": "Number of inner gradient steps on the context."})
+    texts_per_episode: int = field(
+        default=1,
+        metadata={
+            "help": "Texts absorbed one after another per episode (consecutive tasks of a batch); the questions of "
+            "all of them are asked after the last. The batch size must be a multiple of it."
+        },
+    )
+    vary_texts_per_episode: bool = field(
+        default=False,
+        metadata={"help": "Draw each batch's episode length from the powers of two up to texts_per_episode."},
+    )
+    text_composition: str = field(
+        default="sequential",
+        metadata={
+            "help": "How several texts combine: 'sequential' (each step starts where the previous text left the "
+            "weights) or 'additive' (updates computed from the meta-trained weights add up; needs inner_steps=1).",
+            "choices": list(TEXT_COMPOSITIONS),
+        },
+    )
+    first_order: bool = field(
+        default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
+    )
+    memory_efficient_inner: bool = field(
+        default=True,
+        metadata={
+            "help": "Inner pass with block-recomputed attention and a chunked vocabulary loss (same meta-gradient, "
+            "memory linear in the context length); False: math-kernel attention and full logits (reference)."
+        },
+    )
+    distill_loss: str = field(
+        default="forward_kl", metadata={"help": "Divergence teacher→student.", "choices": list(DISTILL_LOSSES)}
+    )
+    jsd_beta: float = field(default=0.5, metadata={"help": "Weight of the generalized JSD (distill_loss=jsd)."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation."})
+    distill_on: str = field(
+        default="answer", metadata={"help": "Positions where the divergence is taken.", "choices": list(DISTILL_ON)}
+    )
+    max_context_length: int = field(default=512, metadata={"help": "Maximum context tokens."})
+    max_query_length: int = field(default=128, metadata={"help": "Maximum query tokens (longer raises)."})
+    max_answer_length: int = field(
+        default=64, metadata={"help": "Maximum answer tokens (longer raises); teacher generation budget."}
+    )
+    context_separator: str = field(default="\n", metadata={"help": "Text between context and query."})
+
+
+@dataclass
+class MetaPromptSettings(MetaPromptFields):
     """How to absorb a text: the same inner step(s) the checkpoint was meta-trained with.
 
     `inner_lrs` maps each adapted module to its (learned) inner learning rate; it is filled when saving, together
@@ -27,25 +91,6 @@ class MetaPromptSettings:
     `memory_efficient_inner` picks how the inner pass is computed (see `MetaDistillConfig`), not what it computes.
     """
 
-    inner_params: str = "lora"
-    inner_lr: float = 1e-2
-    learn_inner_lr: bool = True
-    min_inner_lr: float = 1e-4
-    max_inner_lr: float = 1e-1
-    inner_steps: int = 1
-    texts_per_episode: int = 1
-    vary_texts_per_episode: bool = False
-    text_composition: str = "sequential"
-    first_order: bool = False
-    memory_efficient_inner: bool = True
-    distill_loss: str = "forward_kl"
-    jsd_beta: float = 0.5
-    distill_temperature: float = 1.0
-    distill_on: str = "answer"
-    max_context_length: int = 512
-    max_query_length: int = 128
-    max_answer_length: int = 64
-    context_separator: str = "\n"
     base_model: str | None = None
     inner_lrs: dict[str, float] = field(default_factory=dict)
     log_inner_lrs: dict[str, float] = field(default_factory=dict)
@@ -57,10 +102,7 @@ class MetaPromptSettings:
 
     def __post_init__(self) -> None:
         """A wrong value here would change what `absorb` does without any error: refuse it."""
-        if self.inner_params not in INNER_PARAMS:
-            raise ValueError(f"`inner_params` must be one of {INNER_PARAMS}, got {self.inner_params!r}.")
-        if self.text_composition not in TEXT_COMPOSITIONS:
-            raise ValueError(f"`text_composition` must be one of {TEXT_COMPOSITIONS}, got {self.text_composition!r}.")
+        check_choices(self)
         for name in (
             "inner_steps",
             "texts_per_episode",
@@ -116,6 +158,15 @@ class MetaPromptSettings:
         if unknown:
             raise ValueError(f"Unknown keys in {METAPROMPT_CONFIG_NAME}: {unknown}.")
         return cls(**data)
+
+
+def check_choices(values: MetaPromptFields) -> None:
+    """Every field declared with `choices` holds one of them."""
+    for spec in fields(MetaPromptFields):
+        choices = spec.metadata.get("choices")
+        value = getattr(values, spec.name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"`{spec.name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
 def _is_number(value: Any) -> bool:

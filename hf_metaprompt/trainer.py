@@ -26,12 +26,13 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
-from .collator import PromptTargetCollator, pad_token_id
+from .collator import PromptTargetCollator
 from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
-from .hub import DEFAULT_TAGS, local_path_or_repo_id, write_checkpoint_card
-from .modeling import MetaDistillModel
+from .hub import DEFAULT_TAGS, PAPER, TRAINER_NAME, local_path_or_repo_id, write_checkpoint_card
+from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
+from .tokens import pad_token_id
 from .validation import position_limit, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,8 @@ class MetaDistillTrainer(Trainer):
     """
 
     _tag_names = ["hf_metaprompt", "meta-learning", "meta-distillation"]
-    _name = "MetaDistill"
-    _paper = {
-        "title": "Can Gradient Descent Simulate Prompting?",
-        "id": "2506.20989",
-        "citation": "Zhang, Choshen & Andreas (2025)",
-    }
+    _name = TRAINER_NAME
+    _paper = PAPER
 
     def __init__(
         self,
@@ -97,7 +94,7 @@ class MetaDistillTrainer(Trainer):
             eos_token_id=processing_class.eos_token_id,
         )
         if data_collator is None:
-            data_collator = PromptTargetCollator.from_config(processing_class, args)
+            data_collator = PromptTargetCollator.from_settings(processing_class, args)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._non_finite_loss = False
         self._consecutive_skipped_steps = 0
@@ -309,6 +306,8 @@ class MetaDistillTrainer(Trainer):
             datasets=[dataset_name] if dataset_name else None,
             command=command,
             tags=[tag for tag in (*self._tag_names, *_as_list(tags)) if tag not in DEFAULT_TAGS],
+            trainer_name=self._name,
+            paper=self._paper,
             **{k: v for k, v in examples.items() if v},
         )
 

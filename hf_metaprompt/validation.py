@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from .collator import PromptTargetCollator
+from .tokens import context_rows
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def _check_positions(
     prefix, separator = len(collator.special_prefix), len(collator.separator_ids)
     answer = collator.max_answer_length + 1 if label_free else len(item.answer)  # label-free: the generation budget
     rest = prefix + separator + len(item.query) + answer
-    length = rest + len(item.context)
+    context = len(item.inner) - prefix
+    length = rest + context
     if length <= max_positions:
         return
     room = max_positions - rest
@@ -99,7 +101,7 @@ def _check_positions(
         else "shorten the query or the answer (they alone leave no room for a context)"
     )
     raise ValueError(
-        f"{where}: the prompted (teacher) view has {length} tokens (context {len(item.context)} + separator "
+        f"{where}: the prompted (teacher) view has {length} tokens (context {context} + separator "
         f"{separator} + query {len(item.query)} + answer {answer} + special {prefix}) > the model's "
         f"max_position_embeddings={max_positions}: {fix}."
     )
@@ -118,11 +120,11 @@ def _naming_row(name: str, row: int) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet(collator: PromptTargetCollator) -> Iterator[None]:
     """No per-row truncation warning (one summary instead); the collator's training count is left as it was."""
-    collator_logger = logging.getLogger(PromptTargetCollator.__module__)
-    level, count = collator_logger.level, collator.num_truncated_contexts
-    collator_logger.setLevel(logging.ERROR)
+    tokens_logger = logging.getLogger(context_rows.__module__)
+    level, count = tokens_logger.level, collator.num_truncated_contexts
+    tokens_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        collator_logger.setLevel(level)
+        tokens_logger.setLevel(level)
         collator.num_truncated_contexts = count

@@ -7,7 +7,7 @@ import torch
 from conftest import EXAMPLES
 
 from hf_metaprompt import PromptTargetCollator
-from hf_metaprompt.collator import special_prefix_ids
+from hf_metaprompt.tokens import special_prefix_ids
 
 
 @pytest.fixture(params=["llama_tokenizer", "gpt2_tokenizer"])

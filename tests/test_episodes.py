@@ -18,7 +18,8 @@ from hf_metaprompt import (
 from hf_metaprompt.fast_weights import use_fast_weights
 from hf_metaprompt.inner import inner_update
 from hf_metaprompt.losses import distillation_divergence
-from hf_metaprompt.modeling import IGNORE_INDEX, causal_logits, target_window
+from hf_metaprompt.meta_step import causal_logits
+from hf_metaprompt.tokens import IGNORE_INDEX, target_window
 
 # Two episodes of two texts each.
 EPISODES = [*EXAMPLES, {**EXAMPLES[0], "context": "Dora Lind is a poet from Riga. Bob Tanaka is a nurse."}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -130,3 +131,20 @@ def test_gap_closed():
 def test_evaluation_needs_gold_answers(evaluator):
     with pytest.raises(ValueError, match="gold `answer`"):
         evaluator.evaluate(Dataset.from_list([{"context": "A b.", "query": "Q?", "answer": ""}]), "toy", ["prompted"])
+
+
+def test_collator_views_follow_the_checkpoint_settings(evaluator, llama_tokenizer):
+    """Evaluation builds its views from the checkpoint's settings (as training did), scoring answers one text each."""
+    settings = dataclasses.replace(
+        evaluator.meta.settings,
+        max_context_length=40,
+        max_query_length=9,
+        context_separator="\n|",
+        distill_on="query_and_answer",
+        texts_per_episode=4,
+    )
+    evaluator.meta.settings = settings
+    collator = ConditionEvaluator(evaluator.meta, llama_tokenizer, show_progress=False).collator
+    assert (collator.max_context_length, collator.max_query_length, collator.context_separator) == (40, 9, "\n|")
+    assert (collator.distill_on, collator.texts_per_episode, collator.append_eos_to_answer) == ("answer", 1, False)
+    assert collator.max_answer_length == 256

@@ -57,9 +57,43 @@ def _code_blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
 
 
-def test_packaged_template_is_identical_to_model_cards_template():
-    """Edit `model_cards/template.md`, then copy it to `hf_metaprompt/templates/model_card.md` (shipped in wheels)."""
-    assert MODEL_CARD_TEMPLATE_PATH.read_bytes() == (REPO_ROOT / "model_cards" / "template.md").read_bytes()
+def test_the_card_template_is_the_package_data_installs_ship():
+    """One template: the package's, declared as package data so an installed wheel renders the same card."""
+    import tomllib
+
+    package = REPO_ROOT / "hf_metaprompt"
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(MODEL_CARD_TEMPLATE_PATH.relative_to(package).match(p) for p in patterns["hf_metaprompt"])
+    copies = [p for p in REPO_ROOT.rglob("*.md") if "{{ card_data }}" in p.read_text(errors="ignore")]
+    assert [p.resolve() for p in copies if ".venv" not in p.parts] == [MODEL_CARD_TEMPLATE_PATH.resolve()]
+
+
+def test_the_card_names_the_trainer_and_cites_its_paper(tmp_path, llama_tokenizer):
+    """`_name` / `_paper` of the trainer (class) feed the card, as in TRL; the defaults cite the method's paper."""
+    from test_trainer import config, peaky_model, toy_dataset
+
+    from hf_metaprompt import MetaDistillTrainer
+
+    default = build_model_card(**_card_kwargs()).text
+    assert "`hf_metaprompt` (MetaDistill)" in default
+    citation = "*Can Gradient Descent Simulate Prompting?* ([arXiv:2506.20989](https://arxiv.org/abs/2506.20989))"
+    assert citation in default
+
+    class OtherTrainer(MetaDistillTrainer):
+        _name = "OtherDistill"
+        _paper = {"title": "Another Method", "id": "2501.00001", "authors": "A. Author", "year": "2031"}
+
+    dataset = toy_dataset(8, seed=0)
+    trainer = OtherTrainer(
+        model=peaky_model(), args=config(tmp_path), train_dataset=dataset, processing_class=llama_tokenizer
+    )
+    trainer.meta_model.record_base_model(BASE_MODEL)
+    trainer.create_model_card()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "`hf_metaprompt` (OtherDistill), following A. Author (2031)" in text
+    assert "*Another Method* ([arXiv:2501.00001](https://arxiv.org/abs/2501.00001))" in text
+    with pytest.raises(ValueError, match="`paper` lacks \\['id'\\]"):
+        build_model_card(**_card_kwargs(paper={"title": "T", "authors": "A", "year": "1"}))
 
 
 def test_saved_card_loads_and_metadata_round_trips(tmp_path):

@@ -15,7 +15,7 @@ from hf_metaprompt import attention, inner
 from hf_metaprompt.attention import memory_efficient_attention
 from hf_metaprompt.chunked_nll import chunked_token_nll
 from hf_metaprompt.fast_weights import AdaptedModules
-from hf_metaprompt.modeling import right_align
+from hf_metaprompt.meta_step import right_align
 
 
 def padded_causal_mask(lengths: list[int], total: int, left: bool) -> torch.Tensor:

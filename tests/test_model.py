@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from test_trainer import config, peaky_model, toy_dataset
 
-from hf_metaprompt import MetaDistillTrainer, MetaPromptModel
+from hf_metaprompt import MetaDistillTrainer, MetaPromptModel, PromptTargetCollator
 from hf_metaprompt.cli import main as cli_main
 from hf_metaprompt.hub import push_checkpoint
 
@@ -76,6 +77,30 @@ def test_absorb_per_row_equals_absorbing_each_text_alone(checkpoint):
     with pytest.raises(ValueError, match="absorb one text per row"):
         model.reset().absorb(TEXTS, per_row=True)
         student_logits(model, QUERIES + QUERIES[:1])
+
+
+@pytest.mark.parametrize("max_context_length", [12, 10_000])
+def test_absorb_tokenises_a_context_like_the_collators_inner_view(checkpoint, monkeypatch, max_context_length):
+    """Inference absorbs exactly the ids meta-training took its inner step on: same prefix, tokens and truncation."""
+    import hf_metaprompt.metaprompt_model as model_module
+
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    model.meta.settings = dataclasses.replace(model.settings, max_context_length=max_context_length)
+    texts = [TEXTS[0], " ".join(TEXTS * 3)]
+    seen = []
+    real_inner_update = model_module.inner_update
+    monkeypatch.setattr(
+        model_module, "inner_update", lambda *a, **kw: seen.append(a[3:5]) or real_inner_update(*a, **kw)
+    )
+    model.absorb(texts, per_row=True)
+    collator = PromptTargetCollator(model.tokenizer, max_context_length=max_context_length)
+    batch = collator([{"context": text, "query": QUERIES[0], "answer": "x"} for text in texts])
+    (ids, mask) = seen[0]
+    assert torch.equal(ids, batch["context_input_ids"])
+    assert torch.equal(mask, batch["context_attention_mask"])
+    long_text_tokens = len(model.tokenizer(texts[1], add_special_tokens=False)["input_ids"])
+    assert int(mask[1].sum()) == 1 + min(long_text_tokens, max_context_length)  # <s> + the kept tokens
+    assert ids[0, 0].item() == model.tokenizer.bos_token_id
 
 
 def test_sequential_absorb_is_two_steps(checkpoint):
@@ -202,7 +227,7 @@ def test_threads_each_see_only_their_own_absorbed_text(checkpoint):
 
 def test_failed_absorb_leaves_the_state_as_it_was(checkpoint, monkeypatch):
     """All or nothing: a text that fails (here: the second inner step raises) leaves no earlier text absorbed."""
-    import hf_metaprompt.model as model_module
+    import hf_metaprompt.metaprompt_model as model_module
 
     model = MetaPromptModel.from_pretrained(checkpoint[0]).absorb(TEXTS[1])
     before = student_logits(model)
@@ -375,4 +400,4 @@ def test_texts_longer_than_the_position_limit_are_cut_to_fit(checkpoint, caplog)
     assert model.settings.max_context_length > model.meta.model.config.max_position_embeddings == 256
     with caplog.at_level("WARNING", logger="hf_metaprompt"):
         model.absorb(" ".join(TEXTS * 60))  # ~700 tokens
-    assert "truncated from the left to its last 255 tokens" in caplog.text  # 256 positions, one for <s>
+    assert "truncated from the left to their last 255 tokens" in caplog.text  # 256 positions, one for <s>

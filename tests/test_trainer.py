@@ -12,7 +12,7 @@ from datasets import Dataset
 from peft import PeftModel
 
 from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer
-from hf_metaprompt.modeling import MetaDistillModel
+from hf_metaprompt.meta_step import MetaDistillModel
 
 NAMES = ["Alice Moreau", "Bob Tanaka", "Carla Diaz"]
 JOBS = ["baker", "pilot", "nurse"]
@@ -198,7 +198,7 @@ def test_label_free_training_runs(tmp_path, llama_tokenizer):
     [
         ({"inner_lr": -1.0}, "`inner_lr` must be a positive number"),
         ({"inner_steps": 0}, "`inner_steps` must be a positive number"),
-        ({"inner_params": "bias"}, "`inner_params` must be one of 'lora', 'all'"),
+        ({"inner_params": "bias"}, "`inner_params` must be one of 'lora', 'base', 'all'"),
         ({"distill_loss": "mse"}, "`distill_loss` must be one of"),
         ({"distill_on": "context"}, "`distill_on` must be one of"),
         ({"context_truncation": "right"}, "`context_truncation` must be one of"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,16 +16,14 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .assets import TINY_BASE_ID, tiny_base_path
-from .collator import pad_rows, pad_token_id, special_prefix_ids
 from .compat import quiet_peft_wrapping
 from .fast_weights import FastWeights, use_fast_weights
 from .hub import local_path_or_repo_id
 from .inner import inner_update
-from .modeling import MetaDistillModel
+from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
+from .tokens import context_rows, decode_answers, encode, pad_rows, pad_token_id, special_prefix_ids
 from .validation import position_limit
-
-logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -180,15 +177,7 @@ class MetaPromptModel(nn.Module):
         positions = position_limit(self.meta.model)
         if positions is not None:
             limit = min(limit, positions - len(prefix))  # past the position limit a model fails or runs silently off
-        rows = []
-        for text in texts:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(prefix) + len(ids) < 2:
-                raise ValueError(f"The text {text!r} is too short: a text must span at least two tokens.")
-            if len(ids) > limit:
-                logger.warning("Text of %d tokens truncated from the left to its last %d tokens.", len(ids), limit)
-                ids = ids[-limit:]
-            rows.append(prefix + ids)
+        rows, _ = context_rows(self.tokenizer, texts, limit, prefix=prefix)
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=False)
         return input_ids.to(self.device), mask.to(self.device)
 
@@ -217,7 +206,7 @@ class MetaPromptModel(nn.Module):
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
             raise ValueError(f"`max_new_tokens` must be a positive integer or None, got {max_new_tokens!r}.")
         prefix = self._prefix
-        rows = [prefix + self.tokenizer(q, add_special_tokens=False)["input_ids"] for q in queries]
+        rows = [prefix + ids for ids in encode(self.tokenizer, queries)]
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=True)
         width = input_ids.shape[1]
         output = self.generate(
@@ -227,9 +216,7 @@ class MetaPromptModel(nn.Module):
             do_sample=False,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        answers = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-        if stop:
-            answers = [answer.split(stop)[0] for answer in answers]
+        answers = decode_answers(self.tokenizer, output, width, stop)
         return answers[0] if single else answers
 
     # ----- saving

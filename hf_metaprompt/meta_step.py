@@ -21,8 +21,7 @@ from .fast_weights import AdaptedModules, FastWeights, checkpoint_context_fn, us
 from .inner import check_attention_supports_meta_gradient, inner_update, position_ids_from_mask
 from .losses import distillation_divergence
 from .settings import MetaPromptSettings
-
-IGNORE_INDEX = -100
+from .tokens import IGNORE_INDEX, target_window
 
 
 @dataclass
@@ -353,17 +352,6 @@ def causal_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         use_cache=False,
     ).logits
     return logits[:, -keep:-1]
-
-
-def target_window(labels: torch.Tensor) -> int:
-    """Columns from the first target to the end, plus the position that predicts the first target."""
-    has_target = (labels != IGNORE_INDEX).any(0)
-    if not bool(has_target.any()):
-        raise ValueError("The batch has no target token: every example needs a non-empty answer (or query target).")
-    first = int(has_target.nonzero()[0])
-    if first == 0:
-        raise ValueError("A target token sits at position 0, where nothing predicts it.")
-    return labels.shape[1] - first + 1
 
 
 def generation_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Token-level helpers shared by training (collator, meta-step) and inference (`MetaPromptModel`, evaluation).
+
+Written once so that a text absorbed at inference is tokenised, cut and padded exactly as meta-training saw it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text alone, without special tokens (segments are concatenated afterwards)."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def context_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    truncation: str = "left",
+    prefix: Sequence[int] | None = None,
+) -> tuple[list[list[int]], int]:
+    """The inner view of each text: `prefix + its tokens`, keeping the last `max_length` tokens of a longer text.
+
+    `truncation="error"` raises instead of cutting. Returns the rows and how many texts were cut.
+    """
+    prefix = list(special_prefix_ids(tokenizer) if prefix is None else prefix)
+    rows, truncated = [], 0
+    for index, ids in enumerate(encode(tokenizer, texts)):
+        if len(ids) > max_length:
+            if truncation == "error":
+                raise ValueError(
+                    f"Example {index}: the context has {len(ids)} tokens > max_context_length={max_length}. Raise "
+                    "max_context_length or use context_truncation='left'."
+                )
+            ids = ids[-max_length:]
+            truncated += 1
+        if len(prefix) + len(ids) < 2:
+            raise ValueError(f"Example {index}: the context must span at least two tokens to learn from.")
+        rows.append(prefix + ids)
+    if truncated:  # one line per batch, not one per text
+        logger.warning(
+            "%d of %d contexts truncated from the left to their last %d tokens.", truncated, len(rows), max_length
+        )
+    return rows, truncated
+
+
+def decode_answers(
+    tokenizer: PreTrainedTokenizerBase, generated: torch.Tensor, prompt_width: int, stop: str | None = "\n"
+) -> list[str]:
+    """The generated continuations after a (left-padded) prompt of `prompt_width` tokens, each cut before `stop`:
+    models go on with the next question."""
+    answers = tokenizer.batch_decode(generated[:, prompt_width:], skip_special_tokens=True)
+    return [answer.split(stop)[0] for answer in answers] if stop else answers
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows → `(ids, attention_mask)`; `left=True` right-aligns the rows (padding in front)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def special_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts before a text (Llama: `[bos]`; GPT-2, Qwen2: none)."""
+    probe = "hello"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the pad token, else EOS, else UNK (padding is always masked out)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return candidate
+    raise ValueError("The tokenizer has no pad, eos or unk token to pad with; set `tokenizer.pad_token`.")
+
+
+def target_window(labels: torch.Tensor) -> int:
+    """Columns from the first target to the end, plus the position that predicts the first target."""
+    has_target = (labels != IGNORE_INDEX).any(0)
+    if not bool(has_target.any()):
+        raise ValueError("The batch has no target token: every example needs a non-empty answer (or query target).")
+    first = int(has_target.nonzero()[0])
+    if first == 0:
+        raise ValueError("A target token sits at position 0, where nothing predicts it.")
+    return labels.shape[1] - first + 1

@@ -1,0 +1,68 @@
+"""The `hf-metaprompt` subcommands parse from the pipeline's dataclasses: one declaration, one set of defaults."""
+
+import pytest
+
+from hf_metaprompt.cli import main as cli_main
+from hf_metaprompt.cli import parse_command
+from hf_metaprompt.pipeline import parse_args
+
+FLAG_SETS = [
+    [],
+    ["--task=tiny_world"],
+    ["--task", "tiny_world", "--max_eval_samples", "7"],
+    ["--task", "squad", "--dataset_name", "some/squad"],
+    ["--task=text", "--dataset_name", "some/text", "--texts_absorbed", "1", "4", "--conditions", "prompted"],
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "default_task"),
+    [
+        ([], True),
+        (["--task=tiny_world"], True),
+        (["--task", "tiny_world"], True),
+        (["--task=reversal", "--dataset_name", "x"], False),
+        (["--task", "squad", "--dataset_name", "x"], False),
+        (["--model_name_or_path", "some/model"], False),
+    ],
+)
+def test_default_task_is_read_from_the_parsed_arguments(flags, default_task):
+    script_args, config = parse_args(flags)
+    assert (config.output_dir == "outputs/tiny-world") is default_task
+    assert (config.max_steps == 600) is default_task
+    assert (script_args.max_eval_samples == 200) is default_task
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS)
+def test_eval_reads_the_same_script_arguments_as_train(flags):
+    """`eval` of a `train` output measures the same rows as train's own evaluation, for the same flags."""
+    command, (script_args, _, positional) = parse_command(["eval", "ckpt", *flags])
+    assert command == "eval"
+    assert positional.checkpoint == "ckpt"
+    assert script_args == parse_args(flags)[0]
+
+
+def test_eval_rejects_training_only_flags_in_one_line(capsys):
+    assert cli_main(["eval", "ckpt", "--model_name_or_path", "some/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-metaprompt: error: --model_name_or_path is a `train` flag")
+    assert "Traceback" not in err
+
+
+def test_absorb_collects_repeated_questions_and_push_its_positionals():
+    _, (args, positional) = parse_command(["absorb", "ckpt", "--text", "notes.txt", "--ask", "Q1", "--ask", "Q2"])
+    assert args.ask == ["Q1", "Q2"]
+    assert str(args.text) == "notes.txt"
+    assert positional.checkpoint == "ckpt"
+    _, (args, positional) = parse_command(["push", "ckpt", "user/repo", "--private"])
+    assert args.private is True
+    assert (str(positional.checkpoint), positional.repo_id) == ("ckpt", "user/repo")
+
+
+def test_usage_errors_exit_with_code_2():
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["absorb", "ckpt", "--text", "notes.txt"])  # no --ask
+    assert exit_info.value.code == 2
