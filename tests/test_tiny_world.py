@@ -189,3 +189,14 @@ def test_shipped_base_answers_from_the_prompt_only(world):
         prompted
     )
     assert max(unprompted.values()) <= 0.05, unprompted
+
+
+def test_shipped_base_reads_two_texts_worth_of_facts():
+    """16 facts in the prompt (two texts of the embedded default): forward 0.906, reversed 0.344 on these 64 tasks."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_path()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_path())
+    tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=64, facts_per_context=16)["test"]
+    prompted = greedy_exact_match(model, tokenizer, tasks, prompted=True)
+    assert prompted["forward"] >= 0.8 and prompted["reversed"] >= 0.25, prompted
+    assert max(greedy_exact_match(model, tokenizer, tasks, prompted=False).values()) <= 0.05
