@@ -121,7 +121,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
     defaults = ScriptArguments()
     for name in TRAINING_ONLY:
         if getattr(script_args, name) != getattr(defaults, name):
-            raise ValueError(f"--{name} is a `train` flag; `eval` reads the checkpoint's recorded base model.")
+            raise ValueError(f"--{name} is a `train` flag: `eval` evaluates the checkpoint as saved.")
     model = MetaPromptModel.from_pretrained(positional.checkpoint)
     splits = load_task(script_args, args.seed)
     rows = evaluate_all(
