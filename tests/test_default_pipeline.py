@@ -10,8 +10,14 @@ from hf_metaprompt.pipeline import main
 
 
 def overall(rows: list[dict], condition: str, direction: str | None = None) -> float:
-    """Exact match of a condition, averaged over directions (or in one direction)."""
-    values = [r["exact_match"] for r in rows if r["condition"] == condition and direction in (None, r["direction"])]
+    """Exact match of a condition with one text per update, averaged over directions (or in one direction)."""
+    values = [
+        r["exact_match"]
+        for r in rows
+        if r["condition"] == condition
+        and direction in (None, r["direction"])
+        and (r["texts"], r["questions"]) == (1, "all")
+    ]
     return sum(values) / len(values)
 
 
@@ -37,6 +43,8 @@ def test_shortened_default_pipeline(tmp_path):
     assert overall(rows, "meta_1step") >= 0.9 * overall(rows, "prompted")
     assert overall(rows, "meta_1step") > plain_ft + 0.5, plain_ft
     assert overall(rows, "meta_no_step") <= floor + 0.05
+    # The default also absorbs 16 texts one after another and reports retention.
+    assert {(r["texts"], r["questions"]) for r in rows} == {(1, "all"), (16, "all"), (16, "first_text")}
     for name in ("adapter_model.safetensors", "metaprompt_config.json", "eval_results.json", "eval_results.png"):
         assert (output_dir / name).is_file(), name
     assert json.loads((output_dir / "eval_results.json").read_text()) == rows
