@@ -154,16 +154,6 @@ class FastWeights:
         """Detached leaves that track gradients: the starting point of a further (non-meta) inner step."""
         return FastWeights(self.modules, [t.detach().requires_grad_() for t in self.tensors], self.rows_per_task)
 
-    def select(self, index: torch.Tensor | slice | int) -> FastWeights:
-        """The fast weights of some tasks (keeps the task dimension)."""
-        if isinstance(index, int):
-            index = slice(index, index + 1)
-        return FastWeights(self.modules, [t[index] for t in self.tensors])
-
-    def concat(self, other: FastWeights) -> FastWeights:
-        """The tasks of `self` followed by those of `other`."""
-        return FastWeights(self.modules, [torch.cat([a, b]) for a, b in zip(self.tensors, other.tensors, strict=True)])
-
     def _weights_of(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         offset = self._offsets[id(module)]
         bias = self.tensors[offset + 1] if getattr(module, "bias", None) is not None else None
