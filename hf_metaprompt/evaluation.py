@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from .collator import PromptTargetCollator
 from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
 from .hub import RESULTS_FILE_NAME
-from .inner import inner_update
+from .inner import absorb_groups
 from .losses import token_logprobs
 from .meta_step import MetaDistillModel, causal_logits
 from .metrics import exact_match, share_of_gap_closed, token_f1
@@ -237,24 +237,8 @@ class ConditionEvaluator:
     def _absorb(self, model, modules, lrs, ids, mask, steps, group) -> FastWeights:
         """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts
         the way the checkpoint combines texts (`text_composition`); the state then serves the group's rows."""
-        if group == 1 or self.meta.settings.text_composition == "additive":
-            fast, _ = inner_update(
-                model, modules, lrs, ids, mask, steps=steps, create_graph=False, rows_per_task=group
-            )
-            return fast.for_rows(group)
-        fast = None
-        for position in range(group):
-            fast, _ = inner_update(
-                model,
-                modules,
-                lrs,
-                ids[position::group],
-                mask[position::group],
-                steps=steps,
-                create_graph=False,
-                start=fast,
-            )
-        return fast.for_rows(group)
+        composition = self.meta.settings.text_composition
+        return absorb_groups(model, modules, lrs, ids, mask, group, composition, steps=steps, create_graph=False)[0]
 
     def _generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         output = model.generate(

@@ -122,3 +122,36 @@ def inner_update(
     if not create_graph:
         fast_weights = fast_weights.detach()
     return fast_weights.for_rows(1), first_losses
+
+
+def absorb_groups(
+    model: nn.Module,
+    modules: AdaptedModules,
+    inner_lrs: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    group: int,
+    composition: str = "sequential",
+    **step_kwargs,
+) -> tuple[FastWeights, torch.Tensor]:
+    """Each run of `group` consecutive contexts absorbed into one state that then serves the run's rows.
+
+    `composition="sequential"`: the contexts one after another, each step from the weights the previous one left;
+    `"additive"`: one step on their summed loss from the shared weights. Returns the fast weights and the first-step
+    loss of every context, in row order. `step_kwargs` go to `inner_update` (steps, create_graph, first_order, ...).
+    """
+    if input_ids.shape[0] % group:
+        raise ValueError(f"{input_ids.shape[0]} contexts do not split into groups of {group}.")
+    if group == 1 or composition == "additive":
+        fast_weights, losses = inner_update(
+            model, modules, inner_lrs, input_ids, attention_mask, rows_per_task=group, **step_kwargs
+        )
+        return fast_weights.for_rows(group), losses
+    fast_weights, losses = None, []
+    for position in range(group):
+        rows = slice(position, None, group)  # the position-th context of every group
+        fast_weights, step_losses = inner_update(
+            model, modules, inner_lrs, input_ids[rows], attention_mask[rows], start=fast_weights, **step_kwargs
+        )
+        losses.append(step_losses)
+    return fast_weights.for_rows(group), torch.stack(losses, 1).flatten()

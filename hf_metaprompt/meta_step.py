@@ -18,7 +18,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .fast_weights import AdaptedModules, FastWeights, checkpoint_context_fn, use_fast_weights
-from .inner import check_attention_supports_meta_gradient, inner_update, position_ids_from_mask
+from .inner import absorb_groups, check_attention_supports_meta_gradient, position_ids_from_mask
 from .losses import distillation_divergence
 from .settings import MetaPromptSettings
 from .tokens import IGNORE_INDEX, target_window
@@ -184,37 +184,19 @@ class MetaDistillModel(nn.Module):
                 f"The batch has {rows} tasks, not a multiple of texts_per_episode={texts}: make the batch size a "
                 "multiple of texts_per_episode."
             )
-        if self.settings.text_composition == "additive":
-            fast_weights, losses = inner_update(
-                self.model,
-                self.adapted,
-                self.inner_lrs(),
-                context_input_ids,
-                context_attention_mask,
-                create_graph=torch.is_grad_enabled(),
-                first_order=self.settings.first_order,
-                rows_per_task=texts,
-                memory_efficient=self.settings.memory_efficient_inner,
-            )
-            return fast_weights.for_rows(texts), losses
-        ids = context_input_ids.view(rows // texts, texts, -1)
-        mask = context_attention_mask.view(rows // texts, texts, -1)
-        fast_weights, losses = None, []
-        for position in range(texts):
-            fast_weights, step_losses = inner_update(
-                self.model,
-                self.adapted,
-                self.inner_lrs(),
-                ids[:, position],
-                mask[:, position],
-                steps=self.settings.inner_steps,
-                create_graph=torch.is_grad_enabled(),
-                first_order=self.settings.first_order,
-                start=fast_weights,
-                memory_efficient=self.settings.memory_efficient_inner,
-            )
-            losses.append(step_losses)
-        return fast_weights.for_rows(texts), torch.stack(losses, 1).flatten()
+        return absorb_groups(
+            self.model,
+            self.adapted,
+            self.inner_lrs(),
+            context_input_ids,
+            context_attention_mask,
+            texts,
+            self.settings.text_composition,
+            steps=self.settings.inner_steps,
+            create_graph=torch.is_grad_enabled(),
+            first_order=self.settings.first_order,
+            memory_efficient=self.settings.memory_efficient_inner,
+        )
 
     # ----- teacher
     @contextlib.contextmanager
