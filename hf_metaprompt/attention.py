@@ -3,7 +3,7 @@
 Second-order meta-gradients differentiate the inner forward twice. PyTorch's fused SDPA kernels have no double
 backward, and the math kernel keeps every `[heads, L, L]` probability matrix, plus the partners its double backward
 needs, alive from the inner forward until the outer backward. Here the forward runs the fused kernel and keeps only
-q, k and v; the backward (`_AttentionGradients`) recomputes the probabilities one block of queries at a time, and
+q, k, v and the output; the backward (`_AttentionGradients`) recomputes the probabilities one block of queries at a time, and
 its own backward, the second derivative, derived by hand, does the same. Nothing `[L, L]`-sized outlives a block,
 and causal blocks skip the keys after them. The result is the math kernel's, to rounding, in value, gradient and
 second derivative (tested against it and by finite differences).
@@ -52,38 +52,46 @@ class _MemoryEfficientAttention(torch.autograd.Function):
                 is_causal=causal and mask is None,
                 scale=scale,
             )
-        ctx.save_for_backward(query, key, value, mask)
+        ctx.save_for_backward(query, key, value, mask, output)
         ctx.options = scale, causal, block_size
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        query, key, value, mask = ctx.saved_tensors
-        grads = _AttentionGradients.apply(query, key, value, grad_output, mask, *ctx.options)
+        query, key, value, mask, output = ctx.saved_tensors
+        grads = _AttentionGradients.apply(query, key, value, grad_output, output.detach(), mask, *ctx.options)
         return *grads, None, None, None, None
 
 
 class _AttentionGradients(torch.autograd.Function):
     """`(q, k, v, dO) -> (dq, dk, dv)` of attention, block by block; its own backward (what second-order
-    meta-gradients need) is derived by hand in `_second_order_block` and computed block by block too."""
+    meta-gradients need) is derived by hand in `_second_order_block` and computed block by block too.
+
+    `output` (the attention output O, no gradient) only gives each row's `D = rowsum(P * dO v^T) = dO . O` without an
+    `[L, L]` pass; the derivatives account for D through P and dO.
+    """
 
     @staticmethod
-    def forward(ctx, query, key, value, grad_output, mask, scale, causal, block_size):
-        ctx.save_for_backward(query, key, value, grad_output, mask)
+    def forward(ctx, query, key, value, grad_output, output, mask, scale, causal, block_size):
+        ctx.save_for_backward(query, key, value, grad_output, output, mask)
         ctx.options = scale, causal, block_size
         (grad_query,), (grad_key, grad_value) = _blockwise(
-            _first_order_block, (query, grad_output), (key, value), mask, scale, causal, block_size
+            _first_order_block, (query, grad_output, output), (key, value), mask, scale, causal, block_size
         )
         return grad_query, grad_key, grad_value
 
     @staticmethod
     @once_differentiable  # second order is what meta-gradients need; a third derivative fails loudly
     def backward(ctx, cot_query, cot_key, cot_value):
-        query, key, value, grad_output, mask = ctx.saved_tensors
+        query, key, value, grad_output, output, mask = ctx.saved_tensors
         (g_query, g_grad_output), (g_key, g_value) = _blockwise(
-            _second_order_block, (query, grad_output, cot_query), (key, value, cot_key, cot_value), mask, *ctx.options
+            _second_order_block,
+            (query, grad_output, output, cot_query),
+            (key, value, cot_key, cot_value),
+            mask,
+            *ctx.options,
         )
-        return g_query, g_key, g_value, g_grad_output, None, None, None, None
+        return g_query, g_key, g_value, g_grad_output, None, None, None, None, None
 
 
 def memory_efficient_attention(
@@ -119,17 +127,20 @@ def _with_causal(mask: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
 def _blockwise(kernel, query_side, key_side, mask, scale, causal, block_size):
     """Run `kernel` on blocks of queries (all `query_side` tensors sliced alike) against the keys they can see.
 
-    `[batch, heads, length, dim]` tensors are viewed as `[batch, kv_heads, groups, length, dim]` (key-side ones with
-    one group), so GQA needs no copies. Computed in the dtype of `query_side[1]` (the incoming gradient) with autocast
-    off: under autocast the inputs may mix float32 and bfloat16. Returns the query-side outputs and the key-side
-    outputs (summed over blocks), in the shapes and dtypes of the first `query_side` / `key_side` inputs.
+    The kernels see `[batch, kv_heads, groups * block, dim]` query rows against `[batch, kv_heads, keys, dim]` keys:
+    the query heads sharing a key head (GQA) become rows of one matrix product, so nothing is broadcast or copied on
+    the key side, and products over rows (`P^T dO`) sum those heads for free. Computed in the dtype of
+    `query_side[1]` (the incoming gradient) with autocast off: under autocast the inputs may mix float32 and
+    bfloat16. Returns the query-side outputs and the key-side outputs (summed over blocks), in the shapes and dtypes
+    of the first `query_side` / `key_side` inputs.
     """
     batch, heads, length, _ = query_side[0].shape
     kv_heads, keys = key_side[0].shape[1], key_side[0].shape[2]
+    groups = heads // kv_heads
     dtype, device = query_side[1].dtype, query_side[0].device
-    queries = [t.to(dtype).reshape(batch, kv_heads, heads // kv_heads, length, t.shape[-1]) for t in query_side]
-    keyed = [t.to(dtype).unsqueeze(2) for t in key_side]
-    mask5 = None if mask is None else mask.unsqueeze(2) if mask.dim() == 4 else mask
+    queries = [t.to(dtype).reshape(batch, kv_heads, groups, length, t.shape[-1]) for t in query_side]
+    keyed = [t.to(dtype) for t in key_side]
+    mask5 = None if mask is None else _grouped_mask(mask, kv_heads, groups)
     query_parts, key_totals = [], [torch.zeros_like(t) for t in keyed[:2]]
     with torch.autocast(device.type, enabled=False):
         for start in range(0, length, block_size):
@@ -140,18 +151,40 @@ def _blockwise(kernel, query_side, key_side, mask, scale, causal, block_size):
             if mask5 is not None:
                 block_mask = mask5[..., start:end, :visible] if mask5.shape[-2] > 1 else mask5[..., :visible]
             bias, empty = _block_bias(block_mask, start if causal else None, end - start, visible, dtype, device)
+            rows = [t[..., start:end, :].reshape(batch, kv_heads, -1, t.shape[-1]) for t in queries]
             query_outputs, key_outputs = kernel(
-                *(t[..., start:end, :] for t in queries), *(t[..., :visible, :] for t in keyed), bias, empty, scale
+                *rows,
+                *(t[..., :visible, :] for t in keyed),
+                _as_rows(bias, groups),
+                _as_rows(empty, groups),
+                scale,
             )
-            query_parts.append(query_outputs)
+            query_parts.append([t.view(batch, kv_heads, groups, end - start, -1) for t in query_outputs])
             for total, part in zip(key_totals, key_outputs, strict=True):
                 total[..., :visible, :] += part
     query_outputs = [
         torch.cat(parts, dim=-2).reshape(like.shape).to(like.dtype)
         for parts, like in zip(zip(*query_parts, strict=True), query_side, strict=False)
     ]
-    key_outputs = [total.squeeze(2).to(like.dtype) for total, like in zip(key_totals, key_side, strict=False)]
+    key_outputs = [total.to(like.dtype) for total, like in zip(key_totals, key_side, strict=False)]
     return query_outputs, key_outputs
+
+
+def _grouped_mask(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
+    """A mask broadcastable to `[batch, heads, queries, keys]`, viewed against `[batch, kv_heads, groups, ...]`."""
+    if mask.dim() == 4 and mask.shape[1] > 1:
+        return mask.unflatten(1, (kv_heads, groups))
+    return mask.unsqueeze(-3)
+
+
+def _as_rows(tensor: torch.Tensor | None, groups: int) -> torch.Tensor | None:
+    """`[..., 1 or groups, block, keys]` (or `[block, keys]`) to the kernels' `[..., groups * block, keys]` rows."""
+    if tensor is None:
+        return None
+    if tensor.dim() == 2:
+        tensor = tensor.unsqueeze(0)
+    shape = (*tensor.shape[:-3], groups, *tensor.shape[-2:])
+    return tensor.expand(shape).reshape(*shape[:-3], groups * shape[-2], shape[-1])
 
 
 def _matmul_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -169,39 +202,47 @@ def _probabilities(scaled_query, key, bias, empty):
     return probs if empty is None else probs.masked_fill_(empty, 0.0)
 
 
-def _first_order_block(query, grad_output, key, value, bias, empty, scale):
-    """Attention's backward on one block: dS = P (dP - rowsum(P dP)) with dP = dO v^T; dq = s dS k,
-    dk = s dS^T q, dv = P^T dO (summed over the query heads sharing a key head)."""
+def _first_order_block(query, grad_output, output, key, value, bias, empty, scale):
+    """Attention's backward on one block: dS = P (dP - D) with dP = dO v^T and D = rowsum(P dP) = dO . O;
+    dq = s dS k, dk = s dS^T q, dv = P^T dO (the rows of all query heads sharing a key head)."""
     scaled_query = query * scale
     probs = _probabilities(scaled_query, key, bias, empty)
-    weighted = probs * _matmul_t(grad_output, value)
-    grad_scores = torch.addcmul(weighted, probs, weighted.sum(-1, keepdim=True), value=-1.0)
+    grad_scores = _matmul_t(grad_output, value).sub_(_row_dot(grad_output, output)).mul_(probs)
     grad_query = torch.matmul(grad_scores, key) * scale
-    grad_key = torch.matmul(grad_scores.transpose(-1, -2), scaled_query).sum(2, keepdim=True)
-    grad_value = torch.matmul(probs.transpose(-1, -2), grad_output).sum(2, keepdim=True)
+    grad_key = torch.matmul(grad_scores.transpose(-1, -2), scaled_query)
+    grad_value = torch.matmul(probs.transpose(-1, -2), grad_output)
     return (grad_query,), (grad_key, grad_value)
 
 
-def _second_order_block(query, grad_output, cot_query, key, value, cot_key, cot_value, bias, empty, scale):
+def _second_order_block(query, grad_output, output, cot_query, key, value, cot_key, cot_value, bias, empty, scale):
     """The gradient of `<a, dq> + <b, dk> + <c, dv>` (a, b, c: cotangents of `_first_order_block`'s outputs)
-    w.r.t. q, dO, k and v, on one block. With D = rowsum(P dP), R = s (a k^T + q b^T) and r = rowsum(P R):
-    E := d/d(dP) = P (R - r); d/dP = (dP - D) R - r dP + dO c^T, which the softmax turns into G;
-    d/dq = s (G k + dS b), d/dk = s (G^T q + dS^T a), d/dv = E^T dO, d/d(dO) = E v + P c.
+    w.r.t. q, dO, k and v, on one block. With R = s (a k^T + q b^T) and r = rowsum(P R):
+    E := d/d(dP) = P (R - r); d/dP = (dP - D)(R - r) + dO c^T up to a constant per row, which the softmax turns into
+    G; d/dq = s (G k + dS b), d/dk = s (G^T q + dS^T a), d/dv = E^T dO, d/d(dO) = E v + P c.
+
+    The row sums are taken through `[block, dim]` products (rowsum(P R) = s (a . Pk + q . Pb), rowsum(dS R) =
+    s (a . dS k + q . dS b), rowsum(P dO c^T) = dO . Pc) instead of passes over `[block, keys]` tensors: fewer
+    memory-bound passes, and the products come in wide matrix multiplications with the ones the result needs.
     """
+    key_dim, value_dim = key.shape[-1], value.shape[-1]
     probs = _probabilities(query * scale, key, bias, empty)
-    grad_probs = _matmul_t(grad_output, value)
-    shifted = grad_probs - _row_dot(probs, grad_probs)
+    shifted = _matmul_t(grad_output, value).sub_(_row_dot(grad_output, output))
     grad_scores = probs * shifted
-    mixed = (_matmul_t(cot_query, key) + _matmul_t(query, cot_key)) * scale
-    mixed_row = _row_dot(probs, mixed)
-    e = probs * (mixed - mixed_row)
-    g_probs = shifted * mixed - mixed_row * grad_probs + _matmul_t(grad_output, cot_value)
-    g_scores = probs * (g_probs - _row_dot(probs, g_probs))
-    g_query = (torch.matmul(g_scores, key) + torch.matmul(grad_scores, cot_key)) * scale
+    mixed = _matmul_t(torch.cat([cot_query, query], -1) * scale, torch.cat([key, cot_key], -1))
+    probs_key, probs_cot_key, probs_cot_value = torch.matmul(probs, torch.cat([key, cot_key, cot_value], -1)).split(
+        [key_dim, key_dim, value_dim], -1
+    )
+    mixed -= (_row_dot(cot_query, probs_key) + _row_dot(query, probs_cot_key)) * scale
+    e = probs * mixed
+    scores_key, scores_cot_key = torch.matmul(grad_scores, torch.cat([key, cot_key], -1)).split(key_dim, -1)
+    g_row = (_row_dot(cot_query, scores_key) + _row_dot(query, scores_cot_key)) * scale
+    g_row += _row_dot(grad_output, probs_cot_value)
+    g_scores = _matmul_t(grad_output, cot_value).addcmul_(shifted, mixed).sub_(g_row).mul_(probs)
+    g_query = (torch.matmul(g_scores, key) + scores_cot_key) * scale
     g_key = torch.matmul(g_scores.transpose(-1, -2), query) + torch.matmul(grad_scores.transpose(-1, -2), cot_query)
     g_value = torch.matmul(e.transpose(-1, -2), grad_output)
-    g_grad_output = torch.matmul(e, value) + torch.matmul(probs, cot_value)
-    return (g_query, g_grad_output), ((g_key * scale).sum(2, keepdim=True), g_value.sum(2, keepdim=True))
+    g_grad_output = torch.matmul(e, value) + probs_cot_value
+    return (g_query, g_grad_output), (g_key * scale, g_value)
 
 
 def _block_bias(mask, causal_offset, queries, keys, dtype, device):

@@ -53,7 +53,7 @@ def second_order_terms(function, inputs, seed=0):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-@pytest.mark.parametrize("masking", ["causal", "right_padding", "left_padding", "additive"])
+@pytest.mark.parametrize("masking", ["causal", "right_padding", "left_padding", "additive", "per_head"])
 def test_attention_matches_math_kernel_to_second_order(kv_heads, masking):
     torch.manual_seed(0)
     batch, heads, length, dim = 2, 4, 19, 8
@@ -65,7 +65,10 @@ def test_attention_matches_math_kernel_to_second_order(kv_heads, masking):
         mask = padded_causal_mask([length, 12], length, left=masking == "left_padding")
     elif masking == "additive":
         mask = torch.randn(batch, 1, length, length, dtype=torch.float64)
-    causal = masking != "additive"
+    elif masking == "per_head":  # one mask per query head: the heads sharing a key head must each get their own
+        mask = torch.randn(batch, heads, length, length, dtype=torch.float64)
+        mask[:, 1::2] = mask[:, 1::2].tril().masked_fill(torch.ones(length, length).triu(1).bool(), float("-inf"))
+    causal = masking in ("causal", "right_padding", "left_padding")
 
     def reference(q, k, v):
         return math_attention(q, k, v, mask, causal and mask is None)
