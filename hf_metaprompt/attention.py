@@ -3,10 +3,10 @@
 Second-order meta-gradients differentiate the inner forward twice. PyTorch's fused SDPA kernels have no double
 backward, and the math kernel keeps every `[heads, L, L]` probability matrix, plus the partners its double backward
 needs, alive from the inner forward until the outer backward. Here the forward runs the fused kernel and keeps only
-q, k, v and the output; the backward (`_AttentionGradients`) recomputes the probabilities one block of queries at a time, and
-its own backward, the second derivative, derived by hand, does the same. Nothing `[L, L]`-sized outlives a block,
-and causal blocks skip the keys after them. The result is the math kernel's, to rounding, in value, gradient and
-second derivative (tested against it and by finite differences).
+q, k, v and the output; the backward (`_AttentionGradients`) recomputes the probabilities one block of queries at a
+time, and its own backward, the second derivative, derived by hand, does the same. Nothing `[L, L]`-sized outlives
+a block, and causal blocks skip the keys after them. The result is the math kernel's, to rounding, in value,
+gradient and second derivative (tested against it and by finite differences).
 
 It replaces transformers' `"sdpa"` attention function only while `double_backward_attention` is active (the inner
 pass and the re-computation of its checkpointed layers), through `ALL_ATTENTION_FUNCTIONS`.
