@@ -272,7 +272,7 @@ def _resolve(repo_id_or_path: str | os.PathLike, revision: str | None, token: st
 
 
 def _check_weight_files(directory: Path, settings: MetaPromptSettings) -> None:
-    if settings.inner_params == "lora":
+    if settings.uses_adapter:
         required = [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]
         missing = [name for name in required if not (directory / name).is_file()]
     else:

@@ -128,6 +128,27 @@ def test_save_pretrained_round_trip(checkpoint, tmp_path):
     assert torch.equal(student_logits(copy.absorb(TEXTS[0])), student_logits(model.absorb(TEXTS[0])))
 
 
+def test_full_rank_inner_checkpoint_loads_and_absorbs_like_training(checkpoint, tmp_path):
+    """`inner_params="base"` saves a PEFT adapter (the outer-trained part) like "lora" does, and must load from it."""
+    tokenizer = _tokenizer(bos=True)
+    from transformers import AutoModelForCausalLM
+
+    trainer = MetaDistillTrainer(
+        model=AutoModelForCausalLM.from_pretrained(checkpoint[1]),
+        args=config(tmp_path, max_steps=2, inner_params="base"),
+        train_dataset=toy_dataset(8, seed=0),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "base_inner"))
+    model = MetaPromptModel.from_pretrained(tmp_path / "base_inner")
+    assert model.settings.inner_params == "base"
+    assert model.meta.inner_lr_dict() == pytest.approx(trainer.meta_model.inner_lr_dict())
+    trainer.meta_model.eval()
+    reference = MetaPromptModel(trainer.meta_model, tokenizer)
+    torch.testing.assert_close(student_logits(model.absorb(TEXTS[0])), student_logits(reference.absorb(TEXTS[0])))
+
+
 def test_push_download_identical_logits_and_card(checkpoint, hub_server, tmp_path):
     directory, base_dir = checkpoint
     api = HfApi()
