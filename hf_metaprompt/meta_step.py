@@ -271,7 +271,7 @@ class MetaDistillModel(nn.Module):
         Refuses non-finite weights or inner LRs: such a checkpoint would load and silently answer nothing.
         """
         self.check_finite(f"Refusing to save to {save_directory}")
-        if self.settings.inner_params == "lora":
+        if self.settings.uses_adapter:
             # Vanilla LoRA never touches the embeddings; "auto" would look the base model up on the Hub (offline too).
             kwargs.setdefault("save_embedding_layers", False)
         self.model.save_pretrained(save_directory, **kwargs)
