@@ -413,7 +413,7 @@ def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str
     axis.set_ylabel("exact match")
     axis.set_ylim(0, 1.05)
     axis.set_title(title or "One gradient step vs prompting")
-    axis.legend(fontsize=8)
+    _legend(axis, fontsize=8)
     if panels == 2:
         _plot_curve(axes[0][1], rows, texts)
     figure.tight_layout()
@@ -447,4 +447,10 @@ def _plot_curve(axis, rows: Sequence[dict], texts: list[int]) -> None:
     axis.set_ylabel("exact match")
     axis.set_ylim(0, 1.05)
     axis.set_title("Several texts")
-    axis.legend(fontsize=7)
+    _legend(axis, fontsize=7)
+
+
+def _legend(axis, fontsize: int) -> None:
+    # Only when something was drawn: matplotlib warns about an empty legend (e.g. results without any row).
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=fontsize)
