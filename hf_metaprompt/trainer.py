@@ -23,6 +23,7 @@ from transformers import (
     Trainer,
     TrainerCallback,
 )
+from transformers.pytorch_utils import Conv1D
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
@@ -368,6 +369,8 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
             lora_dropout=args.lora_dropout,
             target_modules=args.lora_target_modules or "all-linear",
             task_type="CAUSAL_LM",
+            # GPT-2-style Conv1D layers store the weight transposed (PEFT would otherwise warn and switch it on).
+            fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
         )
     with quiet_peft_wrapping():
         return get_peft_model(model, peft_config)

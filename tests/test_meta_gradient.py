@@ -22,7 +22,9 @@ def build(arch="llama", attn="sdpa", dtype=torch.float64, inner_params="lora", *
         teacher = copy.deepcopy(base)
         meta = MetaDistillModel(base, MetaPromptSettings(**options), teacher=teacher, pad_token_id=0, eos_token_id=2)
     else:
-        peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        # GPT-2's Conv1D layers store the weight transposed: say so, as the trainer does (PEFT would warn and fix it).
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", fan_in_fan_out=arch == "gpt2")
+        peft_model = get_peft_model(base, lora)
         torch.manual_seed(1)
         with torch.no_grad():  # B = 0 at init would hide second-order terms: start from a generic point.
             for name, param in peft_model.named_parameters():

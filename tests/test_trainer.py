@@ -237,3 +237,18 @@ def test_separate_teacher_model(tmp_path, llama_tokenizer):
     other_vocab.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="share a tokenizer"):
         make_trainer(tmp_path, llama_tokenizer, teacher=str(tmp_path / "other"))
+
+
+def test_gpt2_conv1d_layers_get_a_transposed_adapter_without_warnings(tmp_path, gpt2_tokenizer):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = MetaDistillTrainer(
+            model=tiny_model("gpt2"),
+            args=config(tmp_path),
+            train_dataset=toy_dataset(8, seed=0),
+            processing_class=gpt2_tokenizer,
+        )
+    assert trainer.meta_model.model.peft_config["default"].fan_in_fan_out
+    assert not [w for w in caught if "fan_in_fan_out" in str(w.message)]
