@@ -228,13 +228,14 @@ def _second_order_block(query, grad_output, output, cot_query, key, value, cot_k
     probs = _probabilities(query * scale, key, bias, empty)
     shifted = _matmul_t(grad_output, value).sub_(_row_dot(grad_output, output))
     grad_scores = probs * shifted
-    mixed = _matmul_t(torch.cat([cot_query, query], -1) * scale, torch.cat([key, cot_key], -1))
-    probs_key, probs_cot_key, probs_cot_value = torch.matmul(probs, torch.cat([key, cot_key, cot_value], -1)).split(
-        [key_dim, key_dim, value_dim], -1
-    )
+    # One copy of the key side per block: [k, b] is a view of [k, b, c].
+    key_side = torch.cat([key, cot_key, cot_value], -1)
+    both_keys = key_side[..., : 2 * key_dim]
+    mixed = _matmul_t(torch.cat([cot_query, query], -1) * scale, both_keys)
+    probs_key, probs_cot_key, probs_cot_value = torch.matmul(probs, key_side).split([key_dim, key_dim, value_dim], -1)
     mixed -= (_row_dot(cot_query, probs_key) + _row_dot(query, probs_cot_key)) * scale
     e = probs * mixed
-    scores_key, scores_cot_key = torch.matmul(grad_scores, torch.cat([key, cot_key], -1)).split(key_dim, -1)
+    scores_key, scores_cot_key = torch.matmul(grad_scores, both_keys).split(key_dim, -1)
     g_row = (_row_dot(cot_query, scores_key) + _row_dot(query, scores_cot_key)) * scale
     g_row += _row_dot(grad_output, probs_cot_value)
     g_scores = _matmul_t(grad_output, cot_value).addcmul_(shifted, mixed).sub_(g_row).mul_(probs)
