@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -240,8 +241,6 @@ def test_separate_teacher_model(tmp_path, llama_tokenizer):
 
 
 def test_gpt2_conv1d_layers_get_a_transposed_adapter_without_warnings(tmp_path, gpt2_tokenizer):
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = MetaDistillTrainer(
