@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import random
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,7 @@ DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent.parent / "hf_metaprompt" / 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 # Models whose float32 weights exceed this are stored in bfloat16, to keep the package small.
 MAX_FLOAT32_BYTES = 8 * 2**20
+POOL_BATCHES = 8  # batches per pool of length-sorted documents
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Each context holds U[1, k_max] facts, k_max growing from 1 to --facts_per_context over these steps.",
     )
     parser.add_argument("--questions_per_context", type=int, default=4, help="Questions appended to each context.")
+    parser.add_argument(
+        "--fresh_descriptions",
+        action="store_true",
+        help="New random descriptions for the people of every document, so that none can be memorised (long runs "
+        "otherwise learn the train people by heart and stop reading forward answers from the context).",
+    )
     parser.add_argument("--facts_only_fraction", type=float, default=0.1, help="Share of documents without questions.")
     parser.add_argument(
         "--answer_loss_weight", type=float, default=8.0, help="Loss weight of answer tokens (others 1)."
@@ -95,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_steps", type=int, default=500, help="Log validation exact match every N steps.")
     parser.add_argument("--num_eval_tasks", type=int, default=128, help="Validation tasks for the periodic check.")
     parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="Background processes that encode batches (the same batches for any number; worth it on a GPU).",
+    )
+    parser.add_argument("--device", default=None, help="Where to train (default: cuda when available, else cpu).")
     args = parser.parse_args(argv)
     if not 0.0 <= args.facts_only_fraction < 1.0:
         parser.error("--facts_only_fraction must be in [0, 1)")
@@ -134,64 +150,106 @@ def train_tokenizer(documents: list[PretrainingDocument], vocab_size: int) -> Pr
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
-def encode_document(
-    tokenizer: PreTrainedTokenizerFast, document: PretrainingDocument, answer_loss_weight: float
-) -> tuple[list[int], list[float]]:
-    """Token ids and per-token loss weights; without questions the document is ``bos + tok(context) + eos``."""
+def encode_documents(
+    tokenizer: PreTrainedTokenizerFast, documents: list[PretrainingDocument], answer_loss_weight: float
+) -> list[tuple[list[int], list[float]]]:
+    """Token ids and per-token loss weights of each document; without questions it is ``bos + tok(context) + eos``.
 
-    def tok(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    All segments of all documents go through the tokenizer in one call (the same ids as one call per segment, several
+    times faster: the data, not the model, bounds a step on a GPU).
+    """
+    segments = []
+    for document in documents:
+        if not document.questions:
+            segments.append(document.context)
+            continue
+        segments.append(document.context + "\n")
+        for index, (query, answer) in enumerate(document.questions):
+            # tok(answer + "\n") == tok(answer) + tok-of-newline: the newline is its own pre-token.
+            last = index == len(document.questions) - 1
+            segments += [query, answer if last else answer + "\n"]
+    tokens = (
+        encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(segments, add_special_tokens=False)
+    )
+    encoded = []
+    for document in documents:
+        if not document.questions:
+            ids = [tokenizer.bos_token_id, *next(tokens), tokenizer.eos_token_id]
+            encoded.append((ids, [1.0] * len(ids)))
+            continue
+        ids = [tokenizer.bos_token_id, *next(tokens)]
+        weights = [1.0] * len(ids)
+        for index in range(len(document.questions)):
+            query_ids, answer_ids = next(tokens), next(tokens)
+            if index == len(document.questions) - 1:
+                answer_ids = [*answer_ids, tokenizer.eos_token_id]
+            ids += query_ids + answer_ids
+            weights += [1.0] * len(query_ids) + [answer_loss_weight] * len(answer_ids)
+        encoded.append((ids, weights))
+    return encoded
 
-    if not document.questions:
-        ids = [tokenizer.bos_token_id, *tok(document.context), tokenizer.eos_token_id]
-        return ids, [1.0] * len(ids)
-    ids = [tokenizer.bos_token_id, *tok(document.context + "\n")]
-    weights = [1.0] * len(ids)
-    for index, (query, answer) in enumerate(document.questions):
-        last = index == len(document.questions) - 1
-        # tok(answer + "\n") == tok(answer) + tok-of-newline: the newline is its own pre-token.
-        answer_ids = [*tok(answer), tokenizer.eos_token_id] if last else tok(answer + "\n")
-        query_ids = tok(query)
-        ids += query_ids + answer_ids
-        weights += [1.0] * len(query_ids) + [answer_loss_weight] * len(answer_ids)
-    return ids, weights
 
-
-def iter_batches(
-    tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless right-padded batches ``(input_ids, loss_weights)`` from the train people.
+class PretrainingBatches(torch.utils.data.IterableDataset):
+    """Endless pools of right-padded batches ``(input_ids, loss_weights)`` from the train people.
 
     Contexts start with a single fact and grow: copying from the context is found fast with one fact and is then
     refined into picking the right fact among distractors, which random init does not find on 8-fact contexts in
     our budget. Documents are grouped by length (within a pool of several batches, batch order shuffled) so that
     little compute goes to padding. No attention mask is needed: with causal attention and padding on the right,
     real tokens never see padding, and padding carries zero loss weight.
+
+    Under a `DataLoader` with W workers, worker w encodes pools w, w + W, ... and only draws the others (drawing is
+    cheap, encoding is not), so the stream of batches is the same for any number of workers.
     """
-    rng = random.Random(f"pretrain_tiny/{args.seed}/batches")
-    streams = {
-        k: iter_pretraining_documents(args.seed, k, args.questions_per_context)
-        for k in range(1, args.facts_per_context + 1)
-    }
-    for pool_index in itertools.count():
-        ramp = min(1.0, pool_index * 8 / args.curriculum_steps) if args.curriculum_steps else 1.0
-        k_max = 1 + round(ramp * (args.facts_per_context - 1))
-        k_min = min(args.min_facts_per_context, k_max)
-        encoded = []
-        for _ in range(8 * args.batch_size):
-            document = next(streams[rng.randint(k_min, k_max)])
-            if rng.random() < args.facts_only_fraction:
-                document = PretrainingDocument(context=document.context, questions=[])
-            encoded.append(encode_document(tokenizer, document, args.answer_loss_weight))
-        encoded.sort(key=lambda pair: len(pair[0]))
-        batches = [encoded[start : start + args.batch_size] for start in range(0, len(encoded), args.batch_size)]
-        rng.shuffle(batches)
-        for batch in batches:
-            input_ids, _ = pad_rows([ids for ids, _ in batch], tokenizer.pad_token_id, left=False)
-            weights = torch.zeros(input_ids.shape)
-            for row, (ids, token_weights) in enumerate(batch):
-                weights[row, : len(ids)] = torch.tensor(token_weights)
-            yield input_ids, weights
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) -> None:
+        self.tokenizer = tokenizer
+        self.args = args
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        args = self.args
+        worker = torch.utils.data.get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        rng = random.Random(f"pretrain_tiny/{args.seed}/batches")
+        streams = {
+            k: iter_pretraining_documents(args.seed, k, args.questions_per_context, args.fresh_descriptions)
+            for k in range(1, args.facts_per_context + 1)
+        }
+        for pool_index in itertools.count():
+            ramp = min(1.0, pool_index * POOL_BATCHES / args.curriculum_steps) if args.curriculum_steps else 1.0
+            k_max = 1 + round(ramp * (args.facts_per_context - 1))
+            k_min = min(args.min_facts_per_context, k_max)
+            documents = []
+            for _ in range(POOL_BATCHES * args.batch_size):
+                document = next(streams[rng.randint(k_min, k_max)])
+                if rng.random() < args.facts_only_fraction:
+                    document = PretrainingDocument(context=document.context, questions=[])
+                documents.append(document)
+            order = list(range(POOL_BATCHES))
+            rng.shuffle(order)
+            if pool_index % num_workers != worker_id:
+                continue
+            encoded = encode_documents(self.tokenizer, documents, args.answer_loss_weight)
+            encoded.sort(key=lambda pair: len(pair[0]))
+            yield [self._pad(encoded[index * args.batch_size : (index + 1) * args.batch_size]) for index in order]
+
+    def _pad(self, batch: list[tuple[list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, _ = pad_rows([ids for ids, _ in batch], self.tokenizer.pad_token_id, left=False)
+        weights = torch.zeros(input_ids.shape)
+        for row, (ids, token_weights) in enumerate(batch):
+            weights[row, : len(ids)] = torch.tensor(token_weights)
+        return input_ids, weights
+
+
+def iter_batches(
+    tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of `PretrainingBatches`, encoded by ``args.num_workers`` background processes (0: in this one)."""
+    pools = torch.utils.data.DataLoader(
+        PretrainingBatches(tokenizer, args), batch_size=None, num_workers=args.num_workers
+    )
+    for pool in pools:
+        yield from pool
 
 
 def weighted_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -228,7 +286,7 @@ def exact_match(
             for context, query in zip(batch["context"], batch["query"], strict=True)
         ]
         # Left padding, so that every prompt ends where generation starts.
-        input_ids, attention_mask = pad_rows(prompts, tokenizer.pad_token_id, left=True)
+        input_ids, attention_mask = (t.to(model.device) for t in pad_rows(prompts, tokenizer.pad_token_id, left=True))
         length = input_ids.shape[1]
         generated = model.generate(
             input_ids=input_ids,
@@ -286,6 +344,7 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, args: arg
     model.train()
     progress = tqdm(iter_batches(tokenizer, args), total=args.max_steps, desc="pretraining")
     for step, (input_ids, weights) in enumerate(progress, start=1):
+        input_ids, weights = input_ids.to(model.device), weights.to(model.device)
         logits = model(input_ids=input_ids).logits
         loss = weighted_lm_loss(logits, input_ids, weights)
         loss.backward()
@@ -328,14 +387,16 @@ A {model.num_parameters() / 1e6:.2f}M-parameter `LlamaForCausalLM` ({config.num_
 tokenizer (`<s>` added in front by the post-processor, `</s>`, `<pad>`), stored in {dtype}.
 
 It was trained from random init by `examples/pretrain_tiny.py` on documents about the TRAIN people of
-`hf_metaprompt.data.tiny_world.load_tiny_world(seed=0)` only: a context of 1 to 8 facts (the maximum growing over the
-first `--curriculum_steps`) followed by up to `--questions_per_context` questions of both directions (answer tokens
-weighted `--answer_loss_weight` times in the loss), or the facts alone. Validation and test people were never seen, so
-it can answer them only when their facts are in its prompt.
+`hf_metaprompt.data.tiny_world.load_tiny_world(seed=0)` only: a context of 1 to `--facts_per_context` facts (the
+maximum growing over the first `--curriculum_steps`) followed by up to `--questions_per_context` questions of both
+directions (answer tokens weighted `--answer_loss_weight` times in the loss), or the facts alone. With
+`--fresh_descriptions` (see the commands below) every document gives those names new random descriptions, so that
+nothing can be learned by heart and reading the context is the only way to answer. Validation and test people were
+never seen, so it can answer them only when their facts are in its prompt.
 
 ## How it was made
-On one thread of a shared 2-core CPU (floating-point results can differ with the thread count); each command
-ends with its wall-clock time.
+Each command ends with its wall-clock time and where it ran (floating-point results differ between devices and
+thread counts).
 ```
 {command_lines}
 ```
@@ -361,11 +422,33 @@ def previous_commands(init_from: Path | None) -> list[str]:
     return card.split("```\n", 2)[1].split("```")[0].strip().splitlines()
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces ``args`` (`parse_args` reads it back to the same values), for the card."""
+    words = ["python", "examples/pretrain_tiny.py"]
+    for name, value in sorted(vars(args).items()):
+        if value is None or value is False:
+            continue
+        words.append(f"--{name}")
+        if value is not True:
+            words += [str(item) for item in value] if isinstance(value, list) else [str(value)]
+    return shlex.join(words)
+
+
+def describe(device: torch.device, num_threads: int) -> str:
+    if device.type == "cuda":
+        return f"one {torch.cuda.get_device_name(device)}"
+    return f"{num_threads} CPU thread{'s' if num_threads > 1 else ''}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.num_threads)
+    if args.num_workers:
+        # The workers are forked after the tokenizer has run here; they encode their pools on one thread each.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     started = time.monotonic()
 
     if args.init_from is None:
@@ -376,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init_from)
         model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+    model.to(device)
     num_parameters = model.num_parameters()
     logger.info("tokenizer: %d tokens; model: %.2fM parameters", len(tokenizer), num_parameters / 1e6)
 
@@ -401,16 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.measure_only:
         model.save_pretrained(args.output_dir)
         tokenizer.save_pretrained(args.output_dir)
-        flags = {name: value for name, value in sorted(vars(args).items()) if value is not None and value is not False}
-        command = "python examples/pretrain_tiny.py " + " ".join(f"--{name} {value}" for name, value in flags.items())
-        commands.append(f"{command}  # {minutes:.0f} min")
-    write_model_card(
-        args.output_dir,
-        model,
-        tokenizer,
-        commands,
-        results,
-    )
+        commands.append(f"{command_line(args)}  # {minutes:.0f} min on {describe(device, args.num_threads)}")
+    write_model_card(args.output_dir, model, tokenizer, commands, results)
     logger.info("saved to %s", args.output_dir)
 
 

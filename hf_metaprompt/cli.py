@@ -52,7 +52,14 @@ class PushArguments:
 
 
 # `ScriptArguments` fields that only `train` reads: `eval` rejects them rather than ignore them.
-TRAINING_ONLY = ("model_name_or_path", "train_split", "max_train_samples", "skip_training", "base_model_id")
+TRAINING_ONLY = (
+    "model_name_or_path",
+    "train_split",
+    "max_train_samples",
+    "init_from",
+    "skip_training",
+    "base_model_id",
+)
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, HfArgumentParser]]:

@@ -157,15 +157,21 @@ class ConditionEvaluator:
         return best, results
 
     def _whole_groups(self, examples: list[dict]) -> list[dict]:
-        """Every task in a full group of `texts_absorbed` (the last, incomplete group is left out, and logged)."""
-        whole = len(examples) - len(examples) % self.texts_absorbed
-        if whole == 0:
-            raise ValueError(f"{len(examples)} tasks cannot fill one group of texts_absorbed={self.texts_absorbed}.")
-        if whole < len(examples):
-            logger.info(
-                "Evaluating %d of %d tasks: whole groups of %d texts.", whole, len(examples), self.texts_absorbed
-            )
-        return examples[:whole]
+        """The tasks in groups of `texts_absorbed`, one group after another, in absorbing order.
+
+        Of G groups, group g holds tasks g, g + G, g + 2G, ...: each position in the absorbing order (the first
+        text's, which the retention rows score, above all) then holds a contiguous block of the dataset, as
+        balanced as the dataset's prefixes are. Consecutive groups would put tasks 0, N, 2N, ... first, all of one
+        kind in a dataset that alternates kinds (the tiny world alternates directions). Tasks beyond the last whole
+        group are left out, and logged.
+        """
+        texts = self.texts_absorbed
+        groups = len(examples) // texts
+        if groups == 0:
+            raise ValueError(f"{len(examples)} tasks cannot fill one group of texts_absorbed={texts}.")
+        if groups * texts < len(examples):
+            logger.info("Evaluating %d of %d tasks: whole groups of %d texts.", groups * texts, len(examples), texts)
+        return [examples[position * groups + group] for group in range(groups) for position in range(texts)]
 
     # ----- one condition
     def _score(

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .assets import TINY_BASE_ID
@@ -417,3 +417,20 @@ def push_checkpoint(
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)
     return str(commit)
+
+
+def resolve_checkpoint(
+    repo_id_or_path: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
+) -> Path:
+    """The local folder of a checkpoint: `repo_id_or_path` itself, or its Hub snapshot (downloaded if needed)."""
+    path = local_path_or_repo_id(repo_id_or_path, "checkpoint")
+    if isinstance(path, Path):
+        return path
+    return Path(
+        snapshot_download(
+            path,
+            revision=revision,
+            token=token,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md", "*.jinja"],
+        )
+    )

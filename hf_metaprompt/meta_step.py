@@ -287,14 +287,19 @@ class MetaDistillModel(nn.Module):
                 )
 
     def load_meta_state(self, directory: str | os.PathLike) -> None:
-        """Restore the adapted weights and the learned inner LRs from a directory `save_pretrained` wrote."""
+        """Restore the adapted weights and the learned inner LRs from a directory `save_pretrained` wrote.
+
+        All or nothing: an adapter of another rank or on other modules is refused, not loaded in part.
+        """
         directory = Path(directory)
         settings = MetaPromptSettings.load(directory)
+        if settings.inner_params != self.settings.inner_params:
+            raise ValueError(
+                f"{directory} was meta-trained with inner_params={settings.inner_params!r}, this model adapts "
+                f"{self.settings.inner_params!r}: pass inner_params={settings.inner_params!r}."
+            )
         if self.settings.uses_adapter:
-            from peft import set_peft_model_state_dict
-            from peft.utils import load_peft_weights
-
-            set_peft_model_state_dict(self.model, load_peft_weights(str(directory), device="cpu"))
+            _load_whole_adapter(self.model, directory)
         else:
             from safetensors.torch import load_file
 
@@ -311,6 +316,32 @@ class MetaDistillModel(nn.Module):
         with torch.no_grad():
             self.log_inner_lrs.copy_(torch.tensor(values))
         self.check_finite(f"Refusing to load {directory}")
+
+
+def _load_whole_adapter(model: nn.Module, directory: Path) -> None:
+    """Load the adapter saved in `directory`, or raise and leave `model` as it was (torch and PEFT load in part)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)  # "auto" would look the base up online
+    previous = {name: tensor.clone() for name, tensor in state.items()}
+    try:
+        result = set_peft_model_state_dict(model, load_peft_weights(str(directory), device="cpu"))
+    except RuntimeError as error:  # size mismatches, raised after the matching tensors were copied
+        problem = f"does not fit this model (another lora_r?): {str(error).splitlines()[1].strip()}"
+    else:
+        missing = [key for key in result.missing_keys if _is_lora_module(key)]
+        problem = (
+            f"covers other modules than this model's (lora_target_modules): not in this model: "
+            f"{result.unexpected_keys[:3]}"
+            if result.unexpected_keys
+            else f"covers other modules than this model's (lora_target_modules): not in the checkpoint: {missing[:3]}"
+            if missing
+            else None
+        )
+    if problem:
+        set_peft_model_state_dict(model, previous)
+        raise ValueError(f"{directory}'s adapter {problem}")
 
 
 def _is_lora_module(name: str) -> bool:

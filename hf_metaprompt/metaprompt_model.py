@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -18,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from .assets import TINY_BASE_ID, tiny_base_path
 from .compat import quiet_peft_wrapping
 from .fast_weights import FastWeights, use_fast_weights
-from .hub import local_path_or_repo_id
+from .hub import resolve_checkpoint
 from .inner import inner_update
 from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
@@ -69,7 +68,7 @@ class MetaPromptModel(nn.Module):
         `repo_id_or_path` is a Hub repo id or a directory written by `MetaDistillTrainer`/`run_meta.py`/
         `save_pretrained`. `base_model` overrides the base recorded in the checkpoint.
         """
-        directory = _resolve(repo_id_or_path, revision=revision, token=token)
+        directory = resolve_checkpoint(repo_id_or_path, revision=revision, token=token)
         settings = MetaPromptSettings.load(directory)
         _check_weight_files(directory, settings)
         load_kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
@@ -255,20 +254,6 @@ def _check_queries(queries: Any) -> list[str]:
     if not queries or not all(isinstance(q, str) and q for q in queries):
         raise ValueError("`ask` takes a non-empty question or a non-empty list of non-empty questions.")
     return queries
-
-
-def _resolve(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> Path:
-    path = local_path_or_repo_id(repo_id_or_path, "checkpoint")
-    if isinstance(path, Path):
-        return path
-    return Path(
-        snapshot_download(
-            path,
-            revision=revision,
-            token=token,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md", "*.jinja"],
-        )
-    )
 
 
 def _check_weight_files(directory: Path, settings: MetaPromptSettings) -> None:

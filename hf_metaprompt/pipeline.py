@@ -28,7 +28,7 @@ from .evaluation import (
     format_table,
     save_results,
 )
-from .hub import is_repo_id
+from .hub import is_repo_id, resolve_checkpoint
 from .meta_step import MetaDistillModel
 from .trainer import MetaDistillTrainer
 
@@ -95,6 +95,14 @@ class ScriptArguments:
         metadata={
             "help": "Numbers of texts absorbed one after another before their questions are asked (the many-texts "
             "curve: one evaluation per value)."
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from a checkpoint this script saved (local folder or Hub id: its adapted weights and "
+            "learned inner LRs) instead of a fresh adapter: the next stage of a curriculum, e.g. longer episodes. "
+            "Unlike --resume_from_checkpoint, optimizer and schedule start anew with this run's settings."
         },
     )
     skip_training: bool = field(default=False, metadata={"help": "Only evaluate (e.g. the base with no meta-step)."})
@@ -181,6 +189,9 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
 
     trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
     trainer.meta_model.record_base_model(base_id)
+    if script_args.init_from:
+        trainer.meta_model.load_meta_state(resolve_checkpoint(script_args.init_from))
+        logger.info("Meta-training starts from %s", script_args.init_from)
     if not script_args.skip_training:
         trainer.train(resume_from_checkpoint=_resume_argument(config))
     trainer.save_model(config.output_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from hf_metaprompt.pipeline import main
 
@@ -51,3 +53,25 @@ def test_shortened_default_pipeline(tmp_path):
     # The base is recorded for loading, and the card does not link a Hub repo that does not exist.
     assert json.loads((output_dir / "metaprompt_config.json").read_text())["base_model"] == "hf_metaprompt/tiny-base"
     assert "huggingface.co/hf_metaprompt/tiny-base" not in (output_dir / "README.md").read_text()
+
+
+def test_init_from_starts_where_a_saved_run_ended(tmp_path):
+    """A second stage (`--init_from`) starts from the first stage's adapter and learned inner LRs, or refuses."""
+    quick = [
+        "--max_steps", "2", "--max_eval_samples", "4", "--max_validation_samples", "4",
+        "--conditions", "meta_1step", "--texts_absorbed", "1", "--logging_steps", "1",
+    ]  # fmt: skip
+    main(["--output_dir", str(tmp_path / "first"), *quick])
+    main(["--output_dir", str(tmp_path / "second"), "--init_from", str(tmp_path / "first"), "--skip_training", *quick])
+    main(["--output_dir", str(tmp_path / "fresh"), "--skip_training", *quick])
+
+    def saved(name):
+        weights = load_file(tmp_path / name / "adapter_model.safetensors")
+        return weights, json.loads((tmp_path / name / "metaprompt_config.json").read_text())["inner_lrs"]
+
+    (first, first_lrs), (second, second_lrs), (fresh, fresh_lrs) = saved("first"), saved("second"), saved("fresh")
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    assert second_lrs == first_lrs != fresh_lrs
+    assert not all(torch.equal(first[key], fresh[key]) for key in first)
+    with pytest.raises(ValueError, match="another lora_r"):
+        main(["--output_dir", str(tmp_path / "bad"), "--init_from", str(tmp_path / "first"), "--lora_r", "4", *quick])

@@ -94,9 +94,13 @@ def test_texts_absorbed_absorbs_several_contexts(evaluator):
     assert [r["n"] for r in every] == [r["n"] for r in single]
     assert all(r["texts"] == 3 for r in grouped)
     assert every[0]["answer_logprob"] != pytest.approx(single[0]["answer_logprob"], abs=1e-5)
-    # Retention rows: the first task of each group of 3 (rows 0 and 3: one forward, one reversed question).
+    # Retention rows: the first task of each group of 3 (rows 0 and 1: one forward, one reversed question).
     first = [r for r in grouped if r["questions"] == "first_text"]
     assert [(r["direction"], r["n"]) for r in first] == [("forward", 1), ("reversed", 1)]
+    # Groups of 2 of alternating directions still put both directions first: groups are strided, not consecutive.
+    evaluator.texts_absorbed = 2
+    first = [r for r in evaluator.evaluate(DATA, "toy", conditions=["meta_1step"]) if r["questions"] == "first_text"]
+    assert [(r["direction"], r["n"]) for r in first] == [("forward", 2), ("reversed", 1)]
     # A group of one is the single-context evaluation.
     evaluator.texts_absorbed = 1
     assert evaluator.evaluate(DATA, "toy", conditions=["meta_1step"]) == single

@@ -94,6 +94,25 @@ def test_non_finite_weights_are_never_saved_or_loaded(tmp_path, llama_tokenizer)
         trainer.meta_model.load_meta_state(good)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lora_r": 8, "lora_alpha": 16}, r"does not fit this model \(another lora_r\?\).*size mismatch"),
+        ({"lora_target_modules": ["q_proj", "v_proj"]}, r"other modules.*lora_target_modules.*not in this model"),
+        ({"inner_params": "all"}, r"inner_params='lora'.*pass inner_params='lora'"),
+    ],
+)
+def test_meta_state_of_another_shape_is_refused_not_loaded_in_part(tmp_path, llama_tokenizer, overrides, message):
+    saved = tmp_path / "saved"
+    make_trainer(tmp_path, llama_tokenizer, max_steps=1).save_model(str(saved))
+    other = make_trainer(tmp_path / "other", llama_tokenizer, max_steps=1, **overrides)
+    before = adapter_state(other)
+    with pytest.raises(ValueError, match=message):
+        other.meta_model.load_meta_state(saved)
+    for name, value in adapter_state(other).items():  # a refused load leaves the model as it was
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
 # ----- resuming and interrupted saves
 def test_resume_falls_back_to_the_last_complete_checkpoint(tmp_path, llama_tokenizer):
     first = make_trainer(tmp_path, llama_tokenizer, max_steps=2, save_strategy="steps", save_steps=1)

@@ -23,9 +23,9 @@ from hf_metaprompt.data.tiny_world import (
 )
 
 K = 8
-# A little below what the shipped base measured on the first 64 test tasks: forward 0.875, reversed 0.469 prompted,
-# 0 and 0 unprompted (its README.md has the 400-task numbers).
-PROMPTED_FLOOR = {"forward": 0.75, "reversed": 0.35}
+# A little below what the shipped base measured on the first 64 test tasks: forward 0.844, reversed 0.844 prompted,
+# 0 and 0 unprompted (its README.md has the 400-task numbers; the previous base: 0.875 / 0.469).
+PROMPTED_FLOOR = {"forward": 0.75, "reversed": 0.75}
 NAME = re.compile(rf"\b(?:{'|'.join(FIRST_NAMES)}) (?:{'|'.join(LAST_NAMES)})\b")
 PROFESSION = re.compile(rf"\b(?:{'|'.join(PROFESSIONS)})\b")
 CITY = re.compile(rf"\b(?:{'|'.join(CITIES)})\b")
@@ -192,11 +192,40 @@ def test_shipped_base_answers_from_the_prompt_only(world):
 
 
 def test_shipped_base_reads_two_texts_worth_of_facts():
-    """16 facts in the prompt (two texts of the embedded default): forward 0.906, reversed 0.344 on these 64 tasks."""
+    """16 facts in the prompt (two texts of the embedded default): forward 0.938, reversed 0.594 on these 64 tasks."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = AutoModelForCausalLM.from_pretrained(tiny_base_path()).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_path())
     tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=64, facts_per_context=16)["test"]
     prompted = greedy_exact_match(model, tokenizer, tasks, prompted=True)
-    assert prompted["forward"] >= 0.8 and prompted["reversed"] >= 0.25, prompted
+    assert prompted["forward"] >= 0.85 and prompted["reversed"] >= 0.5, prompted
     assert max(greedy_exact_match(model, tokenizer, tasks, prompted=False).values()) <= 0.05
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_fresh_descriptions_leave_no_name_to_memorise(fresh):
+    train_names = {person.name for person in build_world(0)["train"]}
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for document in itertools.islice(iter_pretraining_documents(0, K, 4, fresh_descriptions=fresh), 300):
+        facts = facts_of(document.context)
+        described = {name: description_words(fact) for name, fact in facts.items()}
+        assert len(facts) == K and set(facts) <= train_names
+        assert len(set(described.values())) == K, "two people with one description make a reversed question ambiguous"
+        for query, answer in document.questions:
+            asked = NAME.search(query)
+            if asked:
+                assert description_words(answer) == described[asked.group(0)]
+            else:
+                assert described[answer.strip()] == description_words(query)
+        # The asked person's profession and city each appear in another fact too: one word does not find it.
+        query, answer = document.questions[0]  # about the context's target
+        target = (NAME.search(query) or NAME.search(answer)).group(0)
+        profession, city = described[target]
+        others = [words for name, words in described.items() if name != target]
+        assert any(words[0] == profession for words in others) or not fresh
+        assert any(words[1] == city for words in others) or not fresh
+        for name, words in described.items():
+            seen.setdefault(name, set()).add(words)
+    # The world's people always carry their one description; with fresh descriptions names recur with new ones.
+    redescribed = [name for name, descriptions in seen.items() if len(descriptions) > 1]
+    assert bool(redescribed) == fresh

@@ -236,7 +236,7 @@ class PretrainingDocument:
 
 
 def iter_pretraining_documents(
-    seed: int = 0, facts_per_context: int = 8, questions_per_context: int = 4
+    seed: int = 0, facts_per_context: int = 8, questions_per_context: int = 4, fresh_descriptions: bool = False
 ) -> Iterator[PretrainingDocument]:
     """An endless stream of documents on the TRAIN people of ``build_world(seed)``, for pretraining the base.
 
@@ -244,20 +244,51 @@ def iter_pretraining_documents(
     Each document asks ``min(questions_per_context, facts_per_context)`` questions about distinct people, the
     first about the context's target, directions drawn at random. Streams for different context sizes are
     independent, so a training curriculum can mix them.
+
+    With ``fresh_descriptions``, every document gives its people new random descriptions (the distractors still
+    share a first name, last name, profession or city with the target): nothing about a name can be memorised, so
+    the only way to answer is to read the context. Without it, a long enough run learns the train people by heart
+    and answers forward questions from memory, which fails on held-out people.
     """
     _check_facts_per_context(facts_per_context)
     if questions_per_context < 1:
         raise ValueError(f"questions_per_context must be positive, got {questions_per_context}")
     people = build_world(seed)["train"]
-    rng = random.Random(f"tiny_world/{seed}/pretraining/{facts_per_context}")
+    rng = random.Random(
+        f"tiny_world/{seed}/pretraining/{facts_per_context}" + ("/fresh" if fresh_descriptions else "")
+    )
     sampler = _ContextSampler(people, facts_per_context, rng)
     num_questions = min(questions_per_context, facts_per_context)
     while True:
         target = rng.choice(people)
         around = sampler.people_around(target)
+        if fresh_descriptions:
+            around = _redescribed([target, *(person for person in around if person is not target)], rng)
+            target = around[0]
+            rng.shuffle(around)
         others = [person for person in around if person is not target]
         asked = [target, *rng.sample(others, num_questions - 1)]
         yield PretrainingDocument(
             context=sampler.context(around),
             questions=[person.question(rng.choice(DIRECTIONS), rng) for person in asked],
         )
+
+
+def _redescribed(people: list[Person], rng: random.Random) -> list[Person]:
+    """``people`` (the target first) with new descriptions, distinct from each other, in the same order.
+
+    One distractor per description attribute keeps sharing the target's new profession or city, so that a single
+    word of a reversed question still does not find the asked fact.
+    """
+    target = Person(people[0].first, people[0].last, rng.choice(PROFESSIONS), rng.choice(CITIES))
+    result, descriptions = [target], {target.description}
+    for index, person in enumerate(people[1:]):
+        while True:
+            profession = target.profession if index == 0 else rng.choice(PROFESSIONS)
+            city = target.city if index == 1 else rng.choice(CITIES)
+            candidate = Person(person.first, person.last, profession, city)
+            if candidate.description not in descriptions:
+                break
+        result.append(candidate)
+        descriptions.add(candidate.description)
+    return result
