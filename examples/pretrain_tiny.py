@@ -155,8 +155,8 @@ def encode_documents(
 ) -> list[tuple[list[int], list[float]]]:
     """Token ids and per-token loss weights of each document; without questions it is ``bos + tok(context) + eos``.
 
-    All segments of all documents go through the tokenizer in one call (the same ids as one call per segment, several
-    times faster: the data, not the model, bounds a step on a GPU).
+    All segments of all documents go through the Rust tokenizer in one call: the same ids as one call per segment,
+    without the Python wrapper's per-call cost (on a GPU the data, not the model, bounds a step).
     """
     segments = []
     for document in documents:
