@@ -330,15 +330,12 @@ def _load_whole_adapter(model: nn.Module, directory: Path) -> None:
     except RuntimeError as error:  # size mismatches, raised after the matching tensors were copied
         problem = f"does not fit this model (another lora_r?): {str(error).splitlines()[1].strip()}"
     else:
+        unexpected = result.unexpected_keys
         missing = [key for key in result.missing_keys if _is_lora_module(key)]
-        problem = (
-            f"covers other modules than this model's (lora_target_modules): not in this model: "
-            f"{result.unexpected_keys[:3]}"
-            if result.unexpected_keys
-            else f"covers other modules than this model's (lora_target_modules): not in the checkpoint: {missing[:3]}"
-            if missing
-            else None
-        )
+        problem = None
+        if unexpected or missing:
+            where = f"not in this model: {unexpected[:3]}" if unexpected else f"not in the checkpoint: {missing[:3]}"
+            problem = f"covers other modules than this model's (lora_target_modules): {where}"
     if problem:
         set_peft_model_state_dict(model, previous)
         raise ValueError(f"{directory}'s adapter {problem}")
