@@ -24,6 +24,12 @@ def overall(rows: list[dict], condition: str, direction: str | None = None) -> f
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the shipped base does not read its prompt (issue 13), so its prompted teacher and the student stay at "
+    "the floor; remove once a base that reads ships",
+)
 def test_shortened_default_pipeline(tmp_path):
     output_dir = tmp_path / "tiny-world"
     rows = main(

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_metaprompt import assets
 from hf_metaprompt.assets import tiny_base_path
 from hf_metaprompt.data.tiny_world import (
+    ATTRIBUTES,
     CITIES,
     FIRST_NAMES,
     LAST_NAMES,
@@ -23,9 +24,16 @@ from hf_metaprompt.data.tiny_world import (
 )
 
 K = 8
-# A little below what the shipped base measured on the first 64 test tasks: forward 0.844, reversed 0.844 prompted,
-# 0 and 0 unprompted (its README.md has the 400-task numbers; the previous base: 0.875 / 0.469).
-PROMPTED_FLOOR = {"forward": 0.75, "reversed": 0.75}
+# What issue 13 asks of the shipped base, a little below 0.95 for 64 tasks. The shipped base was measured at 0.844 /
+# 0.844 on contexts built around the asked person, which it answered without reading the question (see
+# `_ContextSampler.cluster`); on today's contexts it reads 0.05 / 0.02 (200 test tasks), so the tests below are
+# expected to fail until a base that reads its prompt ships.
+PROMPTED_FLOOR = {"forward": 0.9, "reversed": 0.9}  # 8 facts
+SHIPPED_BASE_DOES_NOT_READ = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the shipped base learned the context-centre shortcut, not reading (issue 13): remove with a new base",
+)
 NAME = re.compile(rf"\b(?:{'|'.join(FIRST_NAMES)}) (?:{'|'.join(LAST_NAMES)})\b")
 PROFESSION = re.compile(rf"\b(?:{'|'.join(PROFESSIONS)})\b")
 CITY = re.compile(rf"\b(?:{'|'.join(CITIES)})\b")
@@ -108,16 +116,51 @@ def test_contexts_hold_k_facts_and_the_answer(world):
             assert description_words(facts[row["answer"].strip()]) == asked
 
 
-def test_reversed_tasks_need_the_whole_description(world):
-    """With K distinct names and distractors sharing the profession and the city, neither "say the only name seen"
-    nor matching one word of the question finds the answer."""
-    for row in world["test"].filter(lambda row: row["direction"] == "reversed"):
+def asked_name(row) -> str:
+    return NAME.search(row["query"] if row["direction"] == "forward" else row["answer"]).group(0)
+
+
+@pytest.mark.parametrize(
+    ("direction", "words_of"),
+    [("reversed", description_words), ("forward", lambda fact: tuple(NAME.match(fact).group(0).split()))],
+)
+def test_one_word_of_the_question_rarely_finds_the_fact(world, direction, words_of):
+    """Other people of the context share the asked profession and city (reversed) or the asked first and last name
+    (forward): neither "say the only name seen" nor matching one word of the question finds the answer."""
+    both = []
+    for row in world["test"].filter(lambda row: row["direction"] == direction):
         facts = facts_of(row["context"])
-        assert len(facts) == K
-        profession, city = description_words(row["query"])
-        others = [description_words(fact) for name, fact in facts.items() if name != row["answer"].strip()]
-        assert any(other[0] == profession for other in others)
-        assert any(other[1] == city for other in others)
+        asked = words_of(facts[asked_name(row)])
+        others = [words_of(fact) for name, fact in facts.items() if name != asked_name(row)]
+        shared = [any(other[part] == asked[part] for other in others) for part in (0, 1)]
+        assert any(shared), row
+        both.append(all(shared))
+    assert sum(both) / len(both) >= 0.65
+
+
+def most_connected(people) -> str:
+    """The person sharing the most words (profession, city, first or last name) with the others of a context."""
+    return max(people, key=lambda p: sum(getattr(p, a) == getattr(q, a) for q in people for a in ATTRIBUTES)).name
+
+
+@pytest.mark.parametrize("k", [K, 2 * K])
+def test_no_one_is_the_centre_of_a_context(k):
+    """Contexts drawn around the asked person made it the person sharing the most words with the others: a model
+    answered every task from that alone, without reading the question (the previous base: 0.02 exact match on
+    questions about the other people of the same contexts). Now the asked person is anyone, about 1/K of the time
+    the most connected one."""
+    world = {person.name: person for people in build_world(0).values() for person in people}
+    tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=200, facts_per_context=k)["test"]
+    centre = [most_connected([world[name] for name in facts_of(row["context"])]) == asked_name(row) for row in tasks]
+    assert sum(centre) / len(centre) <= 2 / K
+    train = {person.name: person for person in build_world(0)["train"]}
+    documents = itertools.islice(iter_pretraining_documents(0, k, questions_per_context=1), 200)
+    centre = [
+        most_connected([train[name] for name in facts_of(document.context)])
+        == (NAME.search(document.questions[0][0]) or NAME.search(document.questions[0][1])).group(0)
+        for document in documents
+    ]
+    assert sum(centre) / len(centre) <= 2 / K
 
 
 @pytest.mark.parametrize(
@@ -173,7 +216,7 @@ def greedy_exact_match(model, tokenizer, tasks, prompted: bool) -> dict[str, flo
     return {direction: sum(values) / len(values) for direction, values in hits.items()}
 
 
-def test_shipped_base_answers_from_the_prompt_only(world):
+def test_shipped_base_is_safetensors_and_does_not_know_held_out_people():
     torch.set_num_threads(min(2, torch.get_num_threads()))
     path = tiny_base_path()
     assert sorted(file.name for file in path.glob("*.safetensors")) == ["model.safetensors"]
@@ -182,24 +225,22 @@ def test_shipped_base_answers_from_the_prompt_only(world):
     tokenizer = AutoTokenizer.from_pretrained(path)
     # Like Llama: the tokenizer puts bos in front by itself, and any text is encodable (byte level).
     assert tokenizer("Daphne Barrington, né à Zürich")["input_ids"][0] == tokenizer.bos_token_id
-    tasks = world["test"].select(range(64))
-    prompted = greedy_exact_match(model, tokenizer, tasks, prompted=True)
-    unprompted = greedy_exact_match(model, tokenizer, tasks, prompted=False)
-    assert prompted["forward"] >= PROMPTED_FLOOR["forward"] and prompted["reversed"] >= PROMPTED_FLOOR["reversed"], (
-        prompted
-    )
-    assert max(unprompted.values()) <= 0.05, unprompted
+    for facts in (K, 2 * K):
+        tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=64, facts_per_context=facts)["test"]
+        unprompted = greedy_exact_match(model, tokenizer, tasks, prompted=False)
+        assert max(unprompted.values()) <= 0.05, (facts, unprompted)
 
 
-def test_shipped_base_reads_two_texts_worth_of_facts():
-    """16 facts in the prompt (two texts of the embedded default): forward 0.938, reversed 0.594 on these 64 tasks."""
+@SHIPPED_BASE_DOES_NOT_READ
+@pytest.mark.parametrize(("facts", "floor"), [(K, PROMPTED_FLOOR), (2 * K, {"forward": 0.85, "reversed": 0.85})])
+def test_shipped_base_answers_from_its_prompt(facts, floor):
+    """8 facts are one text of the embedded default, 16 two: issue 13 asks 0.95 and 0.90 (less here: 64 tasks)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = AutoModelForCausalLM.from_pretrained(tiny_base_path()).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_path())
-    tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=64, facts_per_context=16)["test"]
+    tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=64, facts_per_context=facts)["test"]
     prompted = greedy_exact_match(model, tokenizer, tasks, prompted=True)
-    assert prompted["forward"] >= 0.85 and prompted["reversed"] >= 0.5, prompted
-    assert max(greedy_exact_match(model, tokenizer, tasks, prompted=False).values()) <= 0.05
+    assert prompted["forward"] >= floor["forward"] and prompted["reversed"] >= floor["reversed"], prompted
 
 
 @pytest.mark.parametrize("fresh", [False, True])
@@ -217,13 +258,11 @@ def test_fresh_descriptions_leave_no_name_to_memorise(fresh):
                 assert description_words(answer) == described[asked.group(0)]
             else:
                 assert described[answer.strip()] == description_words(query)
-        # The asked person's profession and city each appear in another fact too: one word does not find it.
-        query, answer = document.questions[0]  # about the context's target
-        target = (NAME.search(query) or NAME.search(answer)).group(0)
-        profession, city = described[target]
-        others = [words for name, words in described.items() if name != target]
-        assert any(words[0] == profession for words in others) or not fresh
-        assert any(words[1] == city for words in others) or not fresh
+        # Everyone's profession or city appears in another fact too: one word of a reversed question does not
+        # find the asked fact.
+        for name, (profession, city) in described.items():
+            others = [words for other, words in described.items() if other != name]
+            assert any(words[0] == profession or words[1] == city for words in others) or not fresh
         for name, words in described.items():
             seen.setdefault(name, set()).add(words)
     # The world's people always carry their one description; with fresh descriptions names recur with new ones.

@@ -1,11 +1,11 @@
 """A tiny synthetic world of fictitious people, the library's embedded default task set.
 
-Each person is a name (first x last) with a description (profession x city). A task shows K facts about K people
-(the asked one plus K - 1 distractors that share parts of its name or description) and asks one question, either
-``forward`` (name -> description) or ``reversed`` (description -> name). Facts always state the name first, so a
-reversed question asks for the direction a model only reads backwards: the reversal-curse direction. Distractors
-are what keep plain fine-tuning on the context honest: with a single fact, "say the only name you saw" answers
-reversed questions; with K distinct names it is right about 1/K of the time.
+Each person is a name (first x last) with a description (profession x city). A task shows K facts about K related
+people (each shares part of its name or description with another of them) and asks one question about one of them,
+drawn at random, either ``forward`` (name -> description) or ``reversed`` (description -> name). Facts always state
+the name first, so a reversed question asks for the direction a model only reads backwards: the reversal-curse
+direction. Distractors are what keep plain fine-tuning on the context honest: with a single fact, "say the only
+name you saw" answers reversed questions; with K distinct names it is right about 1/K of the time.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ REVERSED_QUERIES = (
 DIRECTIONS = ("forward", "reversed")
 # What a distractor may share with the asked person.
 ATTRIBUTES = ("profession", "city", "first", "last")
+# What the people of a context share, so that one word of the question does not find the asked fact: a reversed
+# question names a profession and a city, a forward one a first and a last name.
+SHARED_FOR = {"forward": ("first", "last"), "reversed": ("profession", "city")}
 # Bounded so that every held-out split always has enough people with distinct descriptions to fill a context.
 MAX_FACTS_PER_CONTEXT = 64
 
@@ -125,46 +128,55 @@ def build_world(seed: int = 0) -> dict[str, list[Person]]:
 
 
 class _ContextSampler:
-    """Draws contexts around a target person from one split, with same-type distractors."""
+    """Draws contexts of related people from one split: every person shares a word with someone else in it."""
 
     def __init__(self, people: list[Person], facts_per_context: int, rng: random.Random) -> None:
         self.people = people
         self.facts_per_context = facts_per_context
         self.rng = rng
-        # One index per attribute, so that distractors sharing an attribute with the target are found fast.
+        # One index per attribute, so that people sharing an attribute with a given one are found fast.
         self.by_attribute: dict[tuple[str, str], list[Person]] = {}
         for person in people:
             for attribute in ATTRIBUTES:
                 self.by_attribute.setdefault((attribute, getattr(person, attribute)), []).append(person)
 
-    def people_around(self, target: Person) -> list[Person]:
-        """The target and K - 1 distractors in random order, all with distinct names and descriptions.
+    def cluster(self, first: Person, attributes: tuple[str, ...] = ATTRIBUTES) -> list[Person]:
+        """``first`` and K - 1 more people in random order, all with distinct names and descriptions.
 
-        One distractor per attribute (profession, city, first name, last name) shares it with the target where the
-        split allows, then the rest are drawn among people sharing any attribute, then among everyone: matching a
-        single word of the question is then not enough to find the asked fact.
+        People are added to give someone already chosen a sharer of an attribute (profession, city, first or last
+        name) it has none of yet, someone and attribute drawn at random, where the split allows: matching a single
+        word of a question is then rarely enough to find the asked fact, whoever is asked. No one is a centre that
+        the others are drawn around: when contexts were built around the asked person, the asked person was the
+        one sharing the most words with the others, and a model could answer from that alone without reading the
+        question (the previous base did: 0.02 exact match on questions about anyone else in those contexts).
         """
-        chosen = [target]
-        names, descriptions = {target.name}, {target.description}
+        chosen = [first]
+        names, descriptions = {first.name}, {first.description}
 
-        def draw(candidates: list[Person], count: int, attempts: int) -> None:
+        def draw(candidates: list[Person], attempts: int) -> Person | None:
             # Random draws with a bounded number of attempts: cheap even when few candidates are admissible.
-            goal = min(len(chosen) + count, self.facts_per_context)
             for _ in range(attempts):
-                if len(chosen) >= goal:
-                    return
                 person = self.rng.choice(candidates)
                 if person.name not in names and person.description not in descriptions:
-                    chosen.append(person)
-                    names.add(person.name)
-                    descriptions.add(person.description)
+                    return person
+            return None
 
-        sharing = [self.by_attribute[(attribute, getattr(target, attribute))] for attribute in ATTRIBUTES]
-        for candidates in sharing:
-            draw(candidates, count=1, attempts=8)
-        draw([person for candidates in sharing for person in candidates], count=self.facts_per_context, attempts=64)
         while len(chosen) < self.facts_per_context:
-            draw(self.people, count=self.facts_per_context, attempts=64)
+            lacking = [
+                (person, attribute)
+                for person in chosen
+                for attribute in attributes
+                if not any(
+                    getattr(other, attribute) == getattr(person, attribute) for other in chosen if other is not person
+                )
+            ]
+            anchor, attribute = self.rng.choice(lacking or [(self.rng.choice(chosen), self.rng.choice(attributes))])
+            person = draw(self.by_attribute[(attribute, getattr(anchor, attribute))], attempts=8)
+            while person is None:
+                person = draw(self.people, attempts=64)
+            chosen.append(person)
+            names.add(person.name)
+            descriptions.add(person.description)
         self.rng.shuffle(chosen)
         return chosen
 
@@ -186,9 +198,9 @@ def _split_tasks(people: list[Person], num_tasks: int, facts_per_context: int, r
     columns: dict[str, list[str]] = {"context": [], "query": [], "answer": [], "direction": []}
     for index in range(num_tasks):
         direction = DIRECTIONS[index % 2]
-        target = rng.choice(people)
-        query, answer = target.question(direction, rng)
-        columns["context"].append(sampler.context(sampler.people_around(target)))
+        people_in_context = sampler.cluster(rng.choice(people), SHARED_FOR[direction])
+        query, answer = rng.choice(people_in_context).question(direction, rng)
+        columns["context"].append(sampler.context(people_in_context))
         columns["query"].append(query)
         columns["answer"].append(answer)
         columns["direction"].append(direction)
@@ -229,7 +241,7 @@ def load_tiny_world(
 
 @dataclass(frozen=True)
 class PretrainingDocument:
-    """One context and several questions about distinct people in it (the first about the context's target)."""
+    """One context and several questions about distinct people in it, drawn at random."""
 
     context: str
     questions: list[tuple[str, str]]
@@ -241,12 +253,12 @@ def iter_pretraining_documents(
     """An endless stream of documents on the TRAIN people of ``build_world(seed)``, for pretraining the base.
 
     Validation and test people never appear, so a base trained on this stream can only answer them from a prompt.
-    Each document asks ``min(questions_per_context, facts_per_context)`` questions about distinct people, the
-    first about the context's target, directions drawn at random. Streams for different context sizes are
+    Each document asks ``min(questions_per_context, facts_per_context)`` questions about distinct people of its
+    context, people and directions drawn at random. Streams for different context sizes are
     independent, so a training curriculum can mix them.
 
-    With ``fresh_descriptions``, every document gives its people new random descriptions (the distractors still
-    share a first name, last name, profession or city with the target): nothing about a name can be memorised, so
+    With ``fresh_descriptions``, every document gives its people new random descriptions (each still shares a
+    profession or city with another person of the context): nothing about a name can be memorised, so
     the only way to answer is to read the context. Without it, a long enough run learns the train people by heart
     and answers forward questions from memory, which fails on held-out people.
     """
@@ -260,32 +272,34 @@ def iter_pretraining_documents(
     sampler = _ContextSampler(people, facts_per_context, rng)
     num_questions = min(questions_per_context, facts_per_context)
     while True:
-        target = rng.choice(people)
-        around = sampler.people_around(target)
+        people_in_context = sampler.cluster(rng.choice(people))
         if fresh_descriptions:
-            around = _redescribed([target, *(person for person in around if person is not target)], rng)
-            target = around[0]
-            rng.shuffle(around)
-        others = [person for person in around if person is not target]
-        asked = [target, *rng.sample(others, num_questions - 1)]
+            people_in_context = _redescribed(people_in_context, rng)
         yield PretrainingDocument(
-            context=sampler.context(around),
-            questions=[person.question(rng.choice(DIRECTIONS), rng) for person in asked],
+            context=sampler.context(people_in_context),
+            questions=[
+                person.question(rng.choice(DIRECTIONS), rng) for person in rng.sample(people_in_context, num_questions)
+            ],
         )
 
 
 def _redescribed(people: list[Person], rng: random.Random) -> list[Person]:
-    """``people`` (the target first) with new descriptions, distinct from each other, in the same order.
+    """``people`` with new descriptions, distinct from each other, in the same order.
 
-    One distractor per description attribute keeps sharing the target's new profession or city, so that a single
+    Each person after the first keeps sharing the profession or the city of someone before it, so that a single
     word of a reversed question still does not find the asked fact.
     """
-    target = Person(people[0].first, people[0].last, rng.choice(PROFESSIONS), rng.choice(CITIES))
-    result, descriptions = [target], {target.description}
-    for index, person in enumerate(people[1:]):
+    result: list[Person] = []
+    descriptions: set[str] = set()
+    for person in people:
         while True:
-            profession = target.profession if index == 0 else rng.choice(PROFESSIONS)
-            city = target.city if index == 1 else rng.choice(CITIES)
+            profession, city = rng.choice(PROFESSIONS), rng.choice(CITIES)
+            if result:
+                anchor = rng.choice(result)
+                if rng.random() < 0.5:
+                    profession = anchor.profession
+                else:
+                    city = anchor.city
             candidate = Person(person.first, person.last, profession, city)
             if candidate.description not in descriptions:
                 break
