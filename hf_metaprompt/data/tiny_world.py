@@ -253,9 +253,10 @@ def iter_pretraining_documents(
     """An endless stream of documents on the TRAIN people of ``build_world(seed)``, for pretraining the base.
 
     Validation and test people never appear, so a base trained on this stream can only answer them from a prompt.
-    Each document asks ``min(questions_per_context, facts_per_context)`` questions about distinct people of its
-    context, people and directions drawn at random. Streams for different context sizes are
-    independent, so a training curriculum can mix them.
+    Each document asks ``min(questions_per_context, facts_per_context - 1)`` questions (one with a single fact) about
+    distinct people of its context, people and directions drawn at random: someone is always left unasked, since
+    when everyone is asked the last answer is the one person not yet named, found without reading the question.
+    Streams for different context sizes are independent, so a training curriculum can mix them.
 
     With ``fresh_descriptions``, every document gives its people new random descriptions (each still shares a
     profession or city with another person of the context): nothing about a name can be memorised, so
@@ -270,7 +271,7 @@ def iter_pretraining_documents(
         f"tiny_world/{seed}/pretraining/{facts_per_context}" + ("/fresh" if fresh_descriptions else "")
     )
     sampler = _ContextSampler(people, facts_per_context, rng)
-    num_questions = min(questions_per_context, facts_per_context)
+    num_questions = min(questions_per_context, max(1, facts_per_context - 1))
     while True:
         people_in_context = sampler.cluster(rng.choice(people))
         if fresh_descriptions:
