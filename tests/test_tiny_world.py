@@ -24,15 +24,15 @@ from hf_metaprompt.data.tiny_world import (
 )
 
 K = 8
-# What issue 13 asks of the shipped base, a little below 0.95 for 64 tasks. The shipped base was measured at 0.844 /
-# 0.844 on contexts built around the asked person, which it answered without reading the question (see
-# `_ContextSampler.cluster`); on today's contexts it reads 0.05 / 0.02 (200 test tasks), so the tests below are
-# expected to fail until a base that reads its prompt ships.
+# What issue 13 asks of the shipped base, a little below 0.95 for 64 tasks. The shipped base reads part of its prompt:
+# on these 64 test tasks 0.31 / 0.66 with 8 facts and 0.03 / 0.25 with 16 (its card has 400 tasks per split), so the
+# tests at issue 13's levels are expected to fail until a base that reads well ships; MEASURED_FLOOR keeps today's.
 PROMPTED_FLOOR = {"forward": 0.9, "reversed": 0.9}  # 8 facts
-SHIPPED_BASE_DOES_NOT_READ = pytest.mark.xfail(
+MEASURED_FLOOR = {"forward": 0.2, "reversed": 0.5}  # 8 facts; the previous base read 0.05 / 0.02
+BELOW_ISSUE_13 = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="the shipped base learned the context-centre shortcut, not reading (issue 13): remove with a new base",
+    reason="the shipped base reads part of its prompt, below issue 13's levels: remove with a base that reaches them",
 )
 NAME = re.compile(rf"\b(?:{'|'.join(FIRST_NAMES)}) (?:{'|'.join(LAST_NAMES)})\b")
 PROFESSION = re.compile(rf"\b(?:{'|'.join(PROFESSIONS)})\b")
@@ -233,8 +233,14 @@ def test_shipped_base_is_safetensors_and_does_not_know_held_out_people():
         assert max(unprompted.values()) <= 0.05, (facts, unprompted)
 
 
-@SHIPPED_BASE_DOES_NOT_READ
-@pytest.mark.parametrize(("facts", "floor"), [(K, PROMPTED_FLOOR), (2 * K, {"forward": 0.85, "reversed": 0.85})])
+@pytest.mark.parametrize(
+    ("facts", "floor"),
+    [
+        (K, MEASURED_FLOOR),
+        pytest.param(K, PROMPTED_FLOOR, marks=BELOW_ISSUE_13),
+        pytest.param(2 * K, {"forward": 0.85, "reversed": 0.85}, marks=BELOW_ISSUE_13),
+    ],
+)
 def test_shipped_base_answers_from_its_prompt(facts, floor):
     """8 facts are one text of the embedded default, 16 two: issue 13 asks 0.95 and 0.90 (less here: 64 tasks)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
