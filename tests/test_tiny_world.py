@@ -117,7 +117,12 @@ def test_contexts_hold_k_facts_and_the_answer(world):
 
 
 def asked_name(row) -> str:
-    return NAME.search(row["query"] if row["direction"] == "forward" else row["answer"]).group(0)
+    return named_in(row["query"], row["answer"])
+
+
+def named_in(query: str, answer: str) -> str:
+    """The person a question is about: named in a forward query, or the answer to a reversed one."""
+    return (NAME.search(query) or NAME.search(answer)).group(0)
 
 
 @pytest.mark.parametrize(
@@ -149,15 +154,15 @@ def test_no_one_is_the_centre_of_a_context(k):
     answered every task from that alone, without reading the question (the previous base: 0.02 exact match on
     questions about the other people of the same contexts). Now the asked person is anyone, about 1/K of the time
     the most connected one."""
-    world = {person.name: person for people in build_world(0).values() for person in people}
+    people = build_world(0)
+    world = {person.name: person for split in people.values() for person in split}
     tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=200, facts_per_context=k)["test"]
     centre = [most_connected([world[name] for name in facts_of(row["context"])]) == asked_name(row) for row in tasks]
     assert sum(centre) / len(centre) <= 2 / K
-    train = {person.name: person for person in build_world(0)["train"]}
+    train = {person.name: person for person in people["train"]}
     documents = itertools.islice(iter_pretraining_documents(0, k, questions_per_context=1), 200)
     centre = [
-        most_connected([train[name] for name in facts_of(document.context)])
-        == (NAME.search(document.questions[0][0]) or NAME.search(document.questions[0][1])).group(0)
+        most_connected([train[name] for name in facts_of(document.context)]) == named_in(*document.questions[0])
         for document in documents
     ]
     assert sum(centre) / len(centre) <= 2 / K
@@ -178,7 +183,7 @@ def test_pretraining_documents_use_train_people_only():
             facts = facts_of(document.context)
             assert len(facts) == k and set(facts) <= train_names
             # Someone is always left unasked, so that the last answer is not "the one person not named yet".
-            asked = {(NAME.search(query) or NAME.search(answer)).group(0) for query, answer in document.questions}
+            asked = {named_in(query, answer) for query, answer in document.questions}
             assert len(asked) == len(document.questions) == (1 if k == 1 else min(4, k - 1))
     with pytest.raises(ValueError):
         next(iter_pretraining_documents(0, K, questions_per_context=0))
@@ -218,13 +223,18 @@ def greedy_exact_match(model, tokenizer, tasks, prompted: bool) -> dict[str, flo
     return {direction: sum(values) / len(values) for direction, values in hits.items()}
 
 
-def test_shipped_base_is_safetensors_and_does_not_know_held_out_people():
+@pytest.fixture(scope="module")
+def shipped_base():
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    path = tiny_base_path()
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_shipped_base_is_safetensors_and_does_not_know_held_out_people(shipped_base):
     path = tiny_base_path()
     assert sorted(file.name for file in path.glob("*.safetensors")) == ["model.safetensors"]
     assert not list(path.glob("*.bin"))
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = shipped_base
     # Like Llama: the tokenizer puts bos in front by itself, and any text is encodable (byte level).
     assert tokenizer("Daphne Barrington, né à Zürich")["input_ids"][0] == tokenizer.bos_token_id
     for facts in (K, 2 * K):
@@ -241,13 +251,10 @@ def test_shipped_base_is_safetensors_and_does_not_know_held_out_people():
         pytest.param(2 * K, {"forward": 0.85, "reversed": 0.85}, marks=BELOW_ISSUE_13),
     ],
 )
-def test_shipped_base_answers_from_its_prompt(facts, floor):
+def test_shipped_base_answers_from_its_prompt(shipped_base, facts, floor):
     """8 facts are one text of the embedded default, 16 two: issue 13 asks 0.95 and 0.90 (less here: 64 tasks)."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_path()).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base_path())
     tasks = load_tiny_world(seed=0, num_train=0, num_validation=0, num_test=64, facts_per_context=facts)["test"]
-    prompted = greedy_exact_match(model, tokenizer, tasks, prompted=True)
+    prompted = greedy_exact_match(*shipped_base, tasks, prompted=True)
     assert prompted["forward"] >= floor["forward"] and prompted["reversed"] >= floor["reversed"], prompted
 
 
