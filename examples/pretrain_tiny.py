@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Only re-measure the model of --init_from and rewrite its card's table (no training, weights untouched).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the world (load_tiny_world) and of training.")
+    parser.add_argument(
+        "--data_stream",
+        type=int,
+        default=0,
+        help="Which stream of training documents to draw (same people; give a stage that continues another "
+        "a new stream so that it sees new documents).",
+    )
     parser.add_argument("--facts_per_context", type=int, default=8, help="Most facts in one pretraining context.")
     parser.add_argument(
         "--min_facts_per_context",
@@ -118,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--measure_only needs --init_from")
     if not 1 <= args.min_facts_per_context <= args.facts_per_context:
         parser.error("--min_facts_per_context must be in [1, --facts_per_context]")
+    if args.data_stream < 0:
+        parser.error("--data_stream must be 0 or more")
     if args.hidden_size % args.num_attention_heads:
         parser.error("--hidden_size must be a multiple of --num_attention_heads")
     return args
@@ -211,9 +220,13 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         args = self.args
         worker = torch.utils.data.get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        rng = random.Random(f"pretrain_tiny/{args.seed}/batches")
+        rng = random.Random(
+            f"pretrain_tiny/{args.seed}/batches" + (f"/{args.data_stream}" if args.data_stream else "")
+        )
         streams = {
-            k: iter_pretraining_documents(args.seed, k, args.questions_per_context, args.fresh_descriptions)
+            k: iter_pretraining_documents(
+                args.seed, k, args.questions_per_context, args.fresh_descriptions, args.data_stream
+            )
             for k in range(1, args.facts_per_context + 1)
         }
         for pool_index in itertools.count():

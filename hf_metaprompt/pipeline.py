@@ -40,7 +40,7 @@ TASKS = ("tiny_world", "reversal", "character_description", "squad", "text")
 TINY_WORLD_DEFAULTS = [
     "--output_dir", "outputs/tiny-world",
     "--task", "tiny_world",
-    "--max_steps", "600",
+    "--max_steps", "800",
     "--per_device_train_batch_size", "16",
     "--learning_rate", "3e-3",
     "--lr_scheduler_type", "cosine",

@@ -29,7 +29,7 @@ FLAG_SETS = [
 def test_default_task_is_read_from_the_parsed_arguments(flags, default_task):
     script_args, config = parse_args(flags)
     assert (config.output_dir == "outputs/tiny-world") is default_task
-    assert (config.max_steps == 600) is default_task
+    assert (config.max_steps == 800) is default_task
     assert (script_args.max_eval_samples == 200) is default_task
 
 

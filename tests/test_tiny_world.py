@@ -25,10 +25,11 @@ from hf_metaprompt.data.tiny_world import (
 
 K = 8
 # What issue 13 asks of the shipped base, a little below 0.95 for 64 tasks. The shipped base reads part of its prompt:
-# on these 64 test tasks 0.31 / 0.66 with 8 facts and 0.03 / 0.25 with 16 (its card has 400 tasks per split), so the
-# tests at issue 13's levels are expected to fail until a base that reads well ships; MEASURED_FLOOR keeps today's.
+# on these 64 test tasks 0.28 / 0.72 with 8 facts and 0.09 / 0.72 with 16 (its card has 400 tasks per split), so the
+# tests at issue 13's levels are expected to fail until a base that reads well ships. MEASURED_FLOOR keeps today's
+# levels (the base before this one read 0.31 / 0.66 and 0.03 / 0.25 here, and fails the 16-fact floor).
 PROMPTED_FLOOR = {"forward": 0.9, "reversed": 0.9}  # 8 facts
-MEASURED_FLOOR = {"forward": 0.2, "reversed": 0.5}  # 8 facts; the previous base read 0.05 / 0.02
+MEASURED_FLOOR = {K: {"forward": 0.2, "reversed": 0.6}, 2 * K: {"forward": 0.05, "reversed": 0.55}}
 BELOW_ISSUE_13 = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
@@ -246,7 +247,8 @@ def test_shipped_base_is_safetensors_and_does_not_know_held_out_people(shipped_b
 @pytest.mark.parametrize(
     ("facts", "floor"),
     [
-        (K, MEASURED_FLOOR),
+        (K, MEASURED_FLOOR[K]),
+        (2 * K, MEASURED_FLOOR[2 * K]),
         pytest.param(K, PROMPTED_FLOOR, marks=BELOW_ISSUE_13),
         pytest.param(2 * K, {"forward": 0.85, "reversed": 0.85}, marks=BELOW_ISSUE_13),
     ],

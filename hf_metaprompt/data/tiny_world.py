@@ -248,7 +248,11 @@ class PretrainingDocument:
 
 
 def iter_pretraining_documents(
-    seed: int = 0, facts_per_context: int = 8, questions_per_context: int = 4, fresh_descriptions: bool = False
+    seed: int = 0,
+    facts_per_context: int = 8,
+    questions_per_context: int = 4,
+    fresh_descriptions: bool = False,
+    stream: int = 0,
 ) -> Iterator[PretrainingDocument]:
     """An endless stream of documents on the TRAIN people of ``build_world(seed)``, for pretraining the base.
 
@@ -262,13 +266,18 @@ def iter_pretraining_documents(
     profession or city with another person of the context): nothing about a name can be memorised, so
     the only way to answer is to read the context. Without it, a long enough run learns the train people by heart
     and answers forward questions from memory, which fails on held-out people.
+
+    ``stream`` picks one of many independent streams on the same people (0 is the first): a training stage that
+    continues another can draw documents the first did not see.
     """
     _check_facts_per_context(facts_per_context)
     if questions_per_context < 1:
         raise ValueError(f"questions_per_context must be positive, got {questions_per_context}")
     people = build_world(seed)["train"]
     rng = random.Random(
-        f"tiny_world/{seed}/pretraining/{facts_per_context}" + ("/fresh" if fresh_descriptions else "")
+        f"tiny_world/{seed}/pretraining/{facts_per_context}"
+        + ("/fresh" if fresh_descriptions else "")
+        + (f"/stream{stream}" if stream else "")
     )
     sampler = _ContextSampler(people, facts_per_context, rng)
     num_questions = min(questions_per_context, max(1, facts_per_context - 1))
