@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from hf_metaprompt.assets import tiny_base_path
-from hf_metaprompt.data.tiny_world import build_world, iter_pretraining_documents
+from hf_metaprompt.data.tiny_world import iter_pretraining_documents
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "pretrain_tiny.py"
 
@@ -73,19 +73,16 @@ def test_batches_are_the_same_for_any_number_of_workers(pretrain_tiny, tokenizer
         assert torch.equal(weights > 0, ids != tokenizer.pad_token_id)
 
 
-def test_a_new_data_stream_draws_new_documents_on_the_same_people(pretrain_tiny, tokenizer):
+def test_a_new_data_stream_draws_new_documents(pretrain_tiny, tokenizer):
+    """Which people a stream may name is checked in test_tiny_world (every stream: train people only)."""
+
     def first_batch(*flags):
         args = pretrain_tiny.parse_args(["--batch_size", "4", "--fresh_descriptions", *flags])
         return next(pretrain_tiny.iter_batches(tokenizer, args))[0]
 
     # Stream 0 is the stream every recorded command drew (the shipped base's card replays with it).
-    assert torch.equal(first_batch(), first_batch("--data_stream", "0"))
-    assert not torch.equal(first_batch(), first_batch("--data_stream", "1"))
-    world = build_world(0)
-    held_out = {person.name for split in ("validation", "test") for person in world[split]}
-    for stream in (0, 1):
-        documents = iter_pretraining_documents(0, 4, 2, fresh_descriptions=True, stream=stream)
-        for document in itertools.islice(documents, 50):
-            assert not [name for name in held_out if name in document.context], "held-out people stay unseen"
+    first_stream = first_batch()
+    assert torch.equal(first_stream, first_batch("--data_stream", "0"))
+    assert not torch.equal(first_stream, first_batch("--data_stream", "1"))
     with pytest.raises(SystemExit):
         pretrain_tiny.parse_args(["--data_stream", "-1"])

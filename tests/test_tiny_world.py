@@ -177,10 +177,12 @@ def test_invalid_arguments_raise(kwargs):
         load_tiny_world(**kwargs)
 
 
-def test_pretraining_documents_use_train_people_only():
+@pytest.mark.parametrize("stream", [0, 1])
+def test_pretraining_documents_use_train_people_only(stream):
     train_names = {person.name for person in build_world(0)["train"]}
     for k in (1, 2, 4, K):
-        for document in itertools.islice(iter_pretraining_documents(0, k, questions_per_context=4), 50):
+        documents = iter_pretraining_documents(0, k, questions_per_context=4, stream=stream)
+        for document in itertools.islice(documents, 50):
             facts = facts_of(document.context)
             assert len(facts) == k and set(facts) <= train_names
             # Someone is always left unasked, so that the last answer is not "the one person not named yet".
