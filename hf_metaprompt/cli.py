@@ -36,6 +36,14 @@ class EvalArguments:
     batch_size: int = field(default=32, metadata={"help": "Tasks per evaluation batch."})
     seed: int = field(default=0, metadata={"help": "Seed of the subsets drawn (the embedded default's seed)."})
     output_dir: str | None = field(default=None, metadata={"help": "Where to write eval_results.json and the plot."})
+    split: str = field(
+        default="test",
+        metadata={
+            "help": "Held-out split to score (at most --max_eval_samples tasks): compare recipes on validation, "
+            "report test.",
+            "choices": ["test", "validation"],
+        },
+    )
 
 
 @dataclass
@@ -135,7 +143,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
         model.meta,
         model.tokenizer,
         take_subset(splits["validation"], script_args.max_validation_samples, args.seed),
-        take_subset(splits["test"], script_args.max_eval_samples, args.seed),
+        take_subset(splits[args.split], script_args.max_eval_samples, args.seed),
         task=script_args.task,
         conditions=script_args.conditions,
         plain_ft_lr_grid=script_args.plain_ft_lrs,

@@ -14,6 +14,8 @@ Conditions (for each task: a context, a query, a gold answer):
 Every task gets its own update, computed for the whole batch in one pass (fast weights). With `texts_absorbed=N`,
 each run of N consecutive tasks shares one state that absorbs their N contexts one after another before all N
 questions are asked; rows then also report the first text's questions alone (`questions="first_text"`: retention).
+Tasks with a `distractors` column (the answers of the context's other facts, as the tiny world has) add
+`distractor_match`: the share of answers that are one of them, found in the text but bound to the wrong fact.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class _TaskScores:
     exact_match: float
     f1: float
     answer_logprob: float
+    distractor_match: float | None = None
 
 
 class ConditionEvaluator:
@@ -210,8 +213,15 @@ class ConditionEvaluator:
         scored = []
         for example, prediction, logprob in zip(batch, predictions, logprobs.tolist(), strict=True):
             references = example.get("answers") or [example["answer"]]
+            distractors = example.get("distractors")
             scored.append(
-                _TaskScores(prediction, exact_match(prediction, references), token_f1(prediction, references), logprob)
+                _TaskScores(
+                    prediction,
+                    exact_match(prediction, references),
+                    token_f1(prediction, references),
+                    logprob,
+                    exact_match(prediction, distractors) if distractors else None,
+                )
             )
         return scored
 
@@ -310,19 +320,20 @@ def _aggregate(
         for direction in sorted(by_direction):
             group = by_direction[direction]
             n = len(group)
-            rows.append(
-                {
-                    "task": task,
-                    "direction": direction,
-                    "condition": condition,
-                    "texts": texts,
-                    "questions": questions,
-                    "exact_match": sum(s.exact_match for s in group) / n,
-                    "f1": sum(s.f1 for s in group) / n,
-                    "answer_logprob": sum(s.answer_logprob for s in group) / n,
-                    "n": n,
-                }
-            )
+            row = {
+                "task": task,
+                "direction": direction,
+                "condition": condition,
+                "texts": texts,
+                "questions": questions,
+                "exact_match": sum(s.exact_match for s in group) / n,
+                "f1": sum(s.f1 for s in group) / n,
+                "answer_logprob": sum(s.answer_logprob for s in group) / n,
+                "n": n,
+            }
+            if all(s.distractor_match is not None for s in group):
+                row["distractor_match"] = sum(s.distractor_match for s in group) / n
+            rows.append(row)
     return rows
 
 
@@ -344,16 +355,25 @@ def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """A Markdown table of the rows, then the gap closed per task and direction."""
+    """A Markdown table of the rows, then the gap closed per task and direction.
+
+    Tasks with distractors get one more column: the share of answers that are a distractor (another fact of the
+    context, answered instead of the asked one).
+    """
+    distractors = any("distractor_match" in r for r in rows)
     lines = [
-        "| task | texts | questions | direction | condition | exact match | F1 | answer log-lik. | n |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|",
+        "| task | texts | questions | direction | condition | exact match | F1 | answer log-lik. | n |"
+        + (" distractor |" if distractors else ""),
+        "|---|---:|---|---|---|---:|---:|---:|---:|" + ("---:|" if distractors else ""),
     ]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['task']} | {r.get('texts', 1)} | {r.get('questions', 'all')} | {r['direction']} | {r['condition']} "
             f"| {r['exact_match']:.3f} | {r['f1']:.3f} | {r['answer_logprob']:.3f} | {r['n']} |"
         )
+        if distractors:
+            line += f" {r['distractor_match']:.3f} |" if "distractor_match" in r else " |"
+        lines.append(line)
     for (task, direction), share in gap_closed(rows).items():
         shown = "n/a (prompted = plain FT)" if share is None else f"{share:.2f}"
         lines.append(f"\nGap closed ({task}, {direction}): {shown}")

@@ -75,6 +75,13 @@ class ScriptArguments:
         metadata={"help": "Dataset id or path: reversal-curse folder, SQuAD-schema dataset, or text dataset."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    facts_per_context: int = field(
+        default=8,
+        metadata={
+            "help": "tiny_world only: facts (people) per context. With 2, an answer about the wrong person is a coin "
+            "flip away from the right one, which makes binding a fact to its person cheap to measure."
+        },
+    )
     data_files: str | None = field(default=None, metadata={"help": "Local data file(s) (JSON/Parquet/text)."})
     train_split: str = field(default="train", metadata={"help": "Split to meta-train on (squad/text)."})
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (squad/text)."})
@@ -82,7 +89,9 @@ class ScriptArguments:
     max_validation_samples: int | None = field(
         default=None, metadata={"help": "Cap on validation tasks (plain fine-tuning LR sweep)."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on test tasks."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Cap on the tasks scored (test; validation with `eval --split validation`)."}
+    )
     conditions: list[str] = field(
         default_factory=lambda: list(CONDITIONS), metadata={"help": "Evaluation conditions to run."}
     )
@@ -138,7 +147,9 @@ def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:
     if task == "tiny_world":
         from .data.tiny_world import load_tiny_world
 
-        return load_tiny_world(seed=seed)
+        return load_tiny_world(seed=seed, facts_per_context=script_args.facts_per_context)
+    if script_args.facts_per_context != ScriptArguments.facts_per_context:
+        raise ValueError(f"--facts_per_context sets the tiny world's contexts; --task {task} has its own: drop it.")
     if script_args.dataset_name is None and script_args.data_files is None:
         raise ValueError(f"--task {task} needs --dataset_name (or --data_files).")
     if task in ("reversal", "character_description"):

@@ -4,12 +4,13 @@ import pytest
 
 from hf_metaprompt.cli import main as cli_main
 from hf_metaprompt.cli import parse_command
-from hf_metaprompt.pipeline import parse_args
+from hf_metaprompt.pipeline import load_task, parse_args
 
 FLAG_SETS = [
     [],
     ["--task=tiny_world"],
     ["--task", "tiny_world", "--max_eval_samples", "7"],
+    ["--facts_per_context", "2"],
     ["--task", "squad", "--dataset_name", "some/squad"],
     ["--task=text", "--dataset_name", "some/text", "--texts_absorbed", "1", "4", "--conditions", "prompted"],
 ]
@@ -66,3 +67,33 @@ def test_usage_errors_exit_with_code_2():
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["absorb", "ckpt", "--text", "notes.txt"])  # no --ask
     assert exit_info.value.code == 2
+
+
+def test_facts_per_context_shapes_the_tiny_world_and_nothing_else():
+    script_args, _ = parse_args(["--facts_per_context", "2"])
+    test = load_task(script_args, seed=0)["test"]
+    assert {len(distractors) for distractors in test["distractors"]} == {1}
+    assert {context.count(". ") for context in test["context"]} == {1}  # two sentences
+    squad_args, _ = parse_args(["--task", "squad", "--dataset_name", "some/squad", "--facts_per_context", "2"])
+    with pytest.raises(ValueError, match="--facts_per_context sets the tiny world's contexts; --task squad"):
+        load_task(squad_args, seed=0)
+
+
+def test_eval_scores_the_split_it_is_asked_for(monkeypatch):
+    from hf_metaprompt import pipeline
+    from hf_metaprompt.assets import tiny_metaprompt_path
+
+    scored = {}
+
+    def fake_evaluate_all(meta, tokenizer, validation, test, **kwargs):
+        scored["queries"] = test["query"]
+        return []
+
+    monkeypatch.setattr(pipeline, "evaluate_all", fake_evaluate_all)
+    splits = pipeline.load_task(pipeline.ScriptArguments(), seed=0)
+    for split in ("test", "validation"):
+        assert cli_main(["eval", str(tiny_metaprompt_path()), "--split", split, "--max_eval_samples", "400"]) == 0
+        assert scored["queries"] == splits[split]["query"]
+    with pytest.raises(SystemExit) as error:
+        cli_main(["eval", "ckpt", "--split", "train"])
+    assert error.value.code == 2

@@ -67,6 +67,19 @@ def test_rows_cover_every_condition_and_direction(evaluator, tmp_path):
     assert "| toy | 1 | all | forward | meta_1step |" in format_table(rows)
 
 
+def test_answers_that_are_a_distractor_are_counted(evaluator):
+    # Every prediction is "Paris"; it is a distractor of the first two forward tasks only.
+    forward = [e for e in DATA if e["direction"] == "forward"]
+    data = Dataset.from_list(
+        [{**e, "distractors": [" Paris", " Rome"] if i < 2 else [" Oslo"]} for i, e in enumerate(forward)]
+    )
+    evaluator._generate = lambda model, input_ids, attention_mask: ["Paris"] * len(input_ids)
+    rows = evaluator.evaluate(data, "toy", conditions=["prompted", "meta_1step"])
+    assert [(r["exact_match"], r["distractor_match"]) for r in rows] == [(0.0, 2 / 3)] * 2
+    assert "| exact match | F1 | answer log-lik. | n | distractor |" in format_table(rows)
+    assert "distractor" not in format_table(evaluator.evaluate(DATA, "toy", conditions=["prompted"]))
+
+
 def test_conditions_are_the_models_they_claim(evaluator):
     rows = by_condition(evaluator.evaluate(DATA, "toy", plain_ft_lrs={"plain_ft_1step": 1e-12, "plain_ft_5step": 0.3}))
     # A vanishing plain fine-tuning step is the base without context.

@@ -65,10 +65,22 @@ def test_splits_and_columns(world):
     assert set(world) == {"train", "validation", "test"}
     assert [len(world[split]) for split in ("train", "validation", "test")] == [400, 200, 200]
     for split in world.values():
-        assert split.column_names == ["context", "query", "answer", "direction"]
+        assert split.column_names == ["context", "query", "answer", "direction", "distractors"]
         for row in split.select(range(20)):
             assert row["answer"].startswith(" ") and row["answer"] == row["answer"].rstrip()
             assert not row["answer"].endswith((".", "?", "\n"))
+
+
+def test_distractors_are_the_answers_about_the_other_people_of_the_context(world):
+    for row in world["test"].select(range(40)):
+        facts = facts_of(row["context"])
+        assert len(row["distractors"]) == K - 1 and row["answer"] not in row["distractors"]
+        answered = {row["answer"], *row["distractors"]}
+        if row["direction"] == "reversed":
+            assert answered == {f" {name}" for name in facts}
+        else:
+            # One description per fact of the context, the asked one being the answer.
+            assert {description_words(answer) for answer in answered} == set(map(description_words, facts.values()))
 
 
 def test_deterministic_for_a_seed_and_varies_across_seeds(world):

@@ -67,6 +67,7 @@ MAX_FACTS_PER_CONTEXT = 64
 
 # Share of the world's people (all first x last names) held out for validation and for test.
 HELD_OUT_FRACTION = 0.1
+COLUMNS = ("context", "query", "answer", "direction", "distractors")
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,19 @@ class Person:
         """One paraphrase of the person's fact, chosen by ``rng``."""
         return rng.choice(FACT_TEMPLATES).format(**self._fields())
 
-    def question(self, direction: str, rng: random.Random) -> tuple[str, str]:
-        """A ``(query, answer)`` pair about this person; answers start with a space and carry no punctuation."""
+    def answer(self, direction: str) -> str:
+        """The answer to a question about this person: it starts with a space and carries no punctuation."""
         if direction == "forward":
-            return rng.choice(FORWARD_QUERIES).format(**self._fields()), f" {self.description}"
+            return f" {self.description}"
         if direction == "reversed":
-            return rng.choice(REVERSED_QUERIES).format(**self._fields()), f" {self.name}"
+            return f" {self.name}"
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+    def question(self, direction: str, rng: random.Random) -> tuple[str, str]:
+        """A ``(query, answer)`` pair about this person."""
+        answer = self.answer(direction)
+        queries = FORWARD_QUERIES if direction == "forward" else REVERSED_QUERIES
+        return rng.choice(queries).format(**self._fields()), answer
 
 
 def build_world(seed: int = 0) -> dict[str, list[Person]]:
@@ -193,17 +200,23 @@ def _check_facts_per_context(facts_per_context: int) -> None:
 
 
 def _split_tasks(people: list[Person], num_tasks: int, facts_per_context: int, rng: random.Random) -> dict:
-    """``num_tasks`` tasks on one split's people; directions alternate so both are balanced in every prefix."""
+    """``num_tasks`` tasks on one split's people; directions alternate so both are balanced in every prefix.
+
+    ``distractors`` are the answers the other people of the context would give: a model that reads the context
+    without binding a fact to its person answers one of them.
+    """
     sampler = _ContextSampler(people, facts_per_context, rng)
-    columns: dict[str, list[str]] = {"context": [], "query": [], "answer": [], "direction": []}
+    columns: dict[str, list] = {column: [] for column in COLUMNS}
     for index in range(num_tasks):
         direction = DIRECTIONS[index % 2]
         people_in_context = sampler.cluster(rng.choice(people), SHARED_FOR[direction])
-        query, answer = rng.choice(people_in_context).question(direction, rng)
+        asked = rng.choice(people_in_context)
+        query, answer = asked.question(direction, rng)
         columns["context"].append(sampler.context(people_in_context))
         columns["query"].append(query)
         columns["answer"].append(answer)
         columns["direction"].append(direction)
+        columns["distractors"].append([person.answer(direction) for person in people_in_context if person != asked])
     return columns
 
 
@@ -214,7 +227,8 @@ def load_tiny_world(
     num_test: int = 400,
     facts_per_context: int = 8,
 ) -> datasets.DatasetDict:
-    """The embedded task set: ``train``/``validation``/``test`` with columns context, query, answer, direction.
+    """The embedded task set: ``train``/``validation``/``test`` with columns context, query, answer, direction and
+    distractors (the answers of the context's other people; evaluation reports how often a model gives one).
 
     Splits hold disjoint people; each split's tasks come from their own random stream, so changing ``num_train``
     leaves validation and test unchanged.
@@ -226,7 +240,8 @@ def load_tiny_world(
             raise ValueError(f"num_{split} must be a non-negative integer, got {size!r}")
     world = build_world(seed)
     features = datasets.Features(
-        {column: datasets.Value("string") for column in ("context", "query", "answer", "direction")}
+        {column: datasets.Value("string") for column in COLUMNS[:-1]}
+        | {"distractors": datasets.Sequence(datasets.Value("string"))}
     )
     return datasets.DatasetDict(
         {
