@@ -240,8 +240,8 @@ def load_tiny_world(
             raise ValueError(f"num_{split} must be a non-negative integer, got {size!r}")
     world = build_world(seed)
     features = datasets.Features(
-        {column: datasets.Value("string") for column in COLUMNS[:-1]}
-        | {"distractors": datasets.Sequence(datasets.Value("string"))}
+        {column: datasets.Value("string") for column in COLUMNS if column != "distractors"}
+        | {"distractors": datasets.List(datasets.Value("string"))}
     )
     return datasets.DatasetDict(
         {
