@@ -67,7 +67,11 @@ MAX_FACTS_PER_CONTEXT = 64
 
 # Share of the world's people (all first x last names) held out for validation and for test.
 HELD_OUT_FRACTION = 0.1
-COLUMNS = ("context", "query", "answer", "direction", "distractors")
+# The columns of every split: a task, and the answers the other people of its context would give.
+FEATURES = datasets.Features(
+    dict.fromkeys(("context", "query", "answer", "direction"), datasets.Value("string"))
+    | {"distractors": datasets.List(datasets.Value("string"))}
+)
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ def _split_tasks(people: list[Person], num_tasks: int, facts_per_context: int, r
     without binding a fact to its person answers one of them.
     """
     sampler = _ContextSampler(people, facts_per_context, rng)
-    columns: dict[str, list] = {column: [] for column in COLUMNS}
+    columns: dict[str, list] = {column: [] for column in FEATURES}
     for index in range(num_tasks):
         direction = DIRECTIONS[index % 2]
         people_in_context = sampler.cluster(rng.choice(people), SHARED_FOR[direction])
@@ -239,15 +243,11 @@ def load_tiny_world(
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"num_{split} must be a non-negative integer, got {size!r}")
     world = build_world(seed)
-    features = datasets.Features(
-        {column: datasets.Value("string") for column in COLUMNS if column != "distractors"}
-        | {"distractors": datasets.List(datasets.Value("string"))}
-    )
     return datasets.DatasetDict(
         {
             split: datasets.Dataset.from_dict(
                 _split_tasks(world[split], size, facts_per_context, random.Random(f"tiny_world/{seed}/{split}")),
-                features=features,
+                features=FEATURES,
             )
             for split, size in sizes.items()
         }
