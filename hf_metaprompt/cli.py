@@ -129,7 +129,7 @@ def _train(argv: list[str]) -> None:
 
 
 def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
-    from .evaluation import format_curve, format_table, save_results
+    from .evaluation import META_CONDITIONS, format_curve, format_table, save_results
     from .metaprompt_model import MetaPromptModel
     from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
 
@@ -137,7 +137,8 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
     for name in TRAINING_ONLY:
         if getattr(script_args, name) != getattr(defaults, name):
             raise ValueError(f"--{name} is a `train` flag: `eval` evaluates the checkpoint as saved.")
-    model = MetaPromptModel.from_pretrained(positional.checkpoint)
+    needs_base = bool(set(script_args.conditions) - set(META_CONDITIONS))
+    model = MetaPromptModel.from_pretrained(positional.checkpoint, load_base=needs_base)
     splits = load_task(script_args, args.seed)
     rows = evaluate_all(
         model.meta,

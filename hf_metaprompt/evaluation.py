@@ -57,6 +57,8 @@ CONDITIONS = (
 )
 # Conditions whose N tasks share what they were given (one absorbed state, or one prompt holding every text).
 SHARED_CONDITIONS = ("prompted_all", "plain_ft_1step", "plain_ft_5step", "meta_1step")
+# Conditions of the meta-trained model alone; the others use its base.
+META_CONDITIONS = ("meta_no_step", "meta_1step")
 TEXT_SEPARATOR = " "
 PLAIN_FT_STEPS = {"plain_ft_1step": 1, "plain_ft_5step": 5}
 DEFAULT_PLAIN_FT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -134,6 +136,8 @@ class ConditionEvaluator:
         missing = [c for c in conditions if c in PLAIN_FT_STEPS and c not in (plain_ft_lrs or {})]
         if missing:
             raise ValueError(f"Conditions {missing} need a learning rate in `plain_ft_lrs` (see `sweep_plain_ft_lr`).")
+        if set(conditions) - set(META_CONDITIONS):
+            self.meta.require_base()  # before any condition is scored
         examples = self._whole_groups(_as_examples(dataset))
         self.meta.eval()
         rows = []

@@ -199,9 +199,19 @@ class MetaDistillModel(nn.Module):
         )
 
     # ----- teacher
+    def require_base(self) -> None:
+        """Refuse to stand in for the base: a loaded `inner_params="all"` checkpoint holds only its own weights."""
+        if self.teacher is self.model:
+            raise ValueError(
+                "This inner_params='all' model was loaded without its base model, which the prompted, no-context "
+                "and plain fine-tuning conditions (and meta-training) use: load it with "
+                "MetaPromptModel.from_pretrained(..., load_base=True)."
+            )
+
     @contextlib.contextmanager
     def teacher_mode(self):
         """The frozen prompted model: adapter disabled (or the separate teacher), eval mode, no gradients."""
+        self.require_base()
         module = self.teacher if self.teacher is not None else self.model
         was_training = module.training
         adapter_off = self.model.disable_adapter() if self.teacher is None else contextlib.nullcontext()

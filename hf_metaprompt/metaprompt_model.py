@@ -62,11 +62,15 @@ class MetaPromptModel(nn.Module):
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
+        load_base: bool = False,
     ) -> MetaPromptModel:
         """Load base model + meta-trained adapter + `metaprompt_config.json` + tokenizer (safetensors only).
 
         `repo_id_or_path` is a Hub repo id or a directory written by `MetaDistillTrainer`/`run_meta.py`/
-        `save_pretrained`. `base_model` overrides the base recorded in the checkpoint.
+        `save_pretrained`. `base_model` overrides the base recorded in the checkpoint. An `inner_params="all"`
+        checkpoint replaces the base's weights, so absorbing and asking need no base; `load_base=True` also loads
+        it, for what compares against it (the evaluation's prompted / plain fine-tuning conditions). An adapter
+        checkpoint always has its base (the adapter switched off).
         """
         directory = resolve_checkpoint(repo_id_or_path, revision=revision, token=token)
         settings = MetaPromptSettings.load(directory)
@@ -87,8 +91,14 @@ class MetaPromptModel(nn.Module):
         else:
             with _naming_corrupt_file(directory / "model.safetensors"):
                 model = AutoModelForCausalLM.from_pretrained(str(directory), **load_kwargs)
-            # The teacher is only needed to meta-train further; using the model needs none.
-            teacher = model
+            teacher = model  # no base: what needs one refuses it (`MetaDistillModel.teacher_mode`)
+            if load_base:
+                base_id = base_model or settings.base_model
+                if not base_id:
+                    raise ValueError(
+                        f"{directory} does not say which base model it was meta-trained from; pass `base_model=`."
+                    )
+                teacher = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         meta = MetaDistillModel(
             model, settings, teacher=teacher, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id

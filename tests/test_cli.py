@@ -97,3 +97,25 @@ def test_eval_scores_the_split_it_is_asked_for(monkeypatch):
     with pytest.raises(SystemExit) as error:
         cli_main(["eval", "ckpt", "--split", "train"])
     assert error.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("conditions", "load_base"), [(["meta_1step"], False), (["meta_no_step", "prompted", "meta_1step"], True)]
+)
+def test_eval_loads_the_base_of_a_checkpoint_for_the_conditions_that_use_it(monkeypatch, conditions, load_base):
+    """An `inner_params="all"` checkpoint is loaded without its base unless asked: `eval` asks when a condition
+    (prompted, plain fine-tuning, no context) is scored on the base."""
+    from hf_metaprompt import MetaPromptModel, pipeline
+    from hf_metaprompt.assets import tiny_metaprompt_path
+
+    loads = []
+    load = MetaPromptModel.from_pretrained.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        loads.append(kwargs.get("load_base", False))
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(MetaPromptModel, "from_pretrained", classmethod(recording_load))
+    monkeypatch.setattr(pipeline, "evaluate_all", lambda *args, **kwargs: [])
+    assert cli_main(["eval", str(tiny_metaprompt_path()), "--conditions", *conditions]) == 0
+    assert loads == [load_base]

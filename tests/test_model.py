@@ -149,6 +149,47 @@ def test_full_rank_inner_checkpoint_loads_and_absorbs_like_training(checkpoint, 
     torch.testing.assert_close(student_logits(model.absorb(TEXTS[0])), student_logits(reference.absorb(TEXTS[0])))
 
 
+def test_full_weight_checkpoint_is_compared_with_its_base_never_with_itself(checkpoint, tmp_path):
+    """`inner_params="all"` replaces the base's weights: the reference conditions must score the base it was
+    meta-trained from (loaded with `load_base=True`), and refuse to score the meta-trained weights in its place."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_metaprompt.evaluation import ConditionEvaluator
+
+    tokenizer = _tokenizer(bos=True)
+    base_dir = checkpoint[1]
+    trainer = MetaDistillTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base_dir),
+        args=config(tmp_path, max_steps=2, inner_params="all", learning_rate=1e-3),
+        train_dataset=toy_dataset(8, seed=0),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "all"))
+    tasks = toy_dataset(4, seed=1)
+
+    alone = MetaPromptModel.from_pretrained(tmp_path / "all")
+    evaluator = ConditionEvaluator(alone.meta, tokenizer, show_progress=False)
+    assert evaluator.evaluate(tasks, "toy", conditions=["meta_no_step", "meta_1step"])  # these need no base
+    for conditions in (["meta_1step", "prompted"], ["no_context"]):
+        with pytest.raises(ValueError, match=r"without its base model.*load_base=True"):
+            evaluator.evaluate(tasks, "toy", conditions=conditions)
+    with pytest.raises(ValueError, match="load_base=True"):
+        evaluator.sweep_plain_ft_lr(tasks, steps=1, lrs=[0.1])
+
+    with_base = MetaPromptModel.from_pretrained(tmp_path / "all", load_base=True)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    with with_base.meta.teacher_mode() as reference:
+        pairs = list(zip(reference.state_dict().values(), base.state_dict().values(), strict=True))
+    assert all(torch.equal(loaded, original) for loaded, original in pairs)
+    trained = with_base.meta.model.state_dict().values()
+    assert not all(torch.equal(weight, original) for weight, original in zip(trained, base.state_dict().values()))
+    rows = ConditionEvaluator(with_base.meta, tokenizer, show_progress=False).evaluate(
+        tasks, "toy", conditions=["prompted"]
+    )
+    assert rows and all(row["condition"] == "prompted" for row in rows)
+
+
 def test_push_download_identical_logits_and_card(checkpoint, hub_server, tmp_path):
     directory, base_dir = checkpoint
     api = HfApi()
