@@ -51,6 +51,11 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             starts from the weights the previous text left) or `"additive"` (each text's update is computed from the
             meta-trained weights and the updates add up: absorbing N texts is one gradient step on the sum of their
             losses, whatever their order; needs `inner_steps=1`).
+        reversed_context_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of a second term of the inner loss: next-token loss on each context read backwards (its tokens
+            reversed, a leading BOS kept first), which predicts each token from the ones after it, as reverse
+            training does against the reversal curse. `0` keeps the paper's next-token loss alone; the checkpoint
+            records it, so absorbing uses the objective it was meta-trained with (see the README's results).
         first_order (`bool`, *optional*, defaults to `False`):
             Treat the inner gradient as a constant (first-order MAML): cheaper, measured clearly worse.
         memory_efficient_inner (`bool`, *optional*, defaults to `True`):
@@ -225,6 +230,7 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             raise ValueError(
                 "`remove_unused_columns=True` would drop the text columns the collator needs; set it to False."
             )
+        self.to_settings()  # what a checkpoint would refuse to load, refused now
 
     def to_settings(self) -> MetaPromptSettings:
         """The inner-loop and distillation settings that travel with a saved checkpoint: every `MetaPromptFields`."""

@@ -242,8 +242,16 @@ class ConditionEvaluator:
             return
         ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
         if condition == "meta_1step":
+            settings = meta.settings
             fast = self._absorb(
-                meta.model, meta.adapted, meta.inner_lrs(), ids, mask, meta.settings.inner_steps, group
+                meta.model,
+                meta.adapted,
+                meta.inner_lrs(),
+                ids,
+                mask,
+                settings.inner_steps,
+                group,
+                reversed_weight=settings.reversed_context_weight,
             )
             with use_fast_weights(fast):
                 yield meta.model
@@ -254,11 +262,22 @@ class ConditionEvaluator:
             with use_fast_weights(fast):
                 yield base
 
-    def _absorb(self, model, modules, lrs, ids, mask, steps, group) -> FastWeights:
+    def _absorb(self, model, modules, lrs, ids, mask, steps, group, reversed_weight=0.0) -> FastWeights:
         """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts
         the way the checkpoint combines texts (`text_composition`); the state then serves the group's rows."""
         composition = self.meta.settings.text_composition
-        return absorb_groups(model, modules, lrs, ids, mask, group, composition, steps=steps, create_graph=False)[0]
+        return absorb_groups(
+            model,
+            modules,
+            lrs,
+            ids,
+            mask,
+            group,
+            composition,
+            steps=steps,
+            create_graph=False,
+            reversed_weight=reversed_weight,
+        )[0]
 
     def _generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         output = model.generate(

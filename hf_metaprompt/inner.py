@@ -36,9 +36,45 @@ PLAIN_HEAD_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 
 
 def context_losses(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    chunked_vocab: bool = False,
+    reversed_weight: float = 0.0,
+) -> torch.Tensor:
+    """The inner objective per task: the contexts' mean next-token loss, plus `reversed_weight` times that of the
+    contexts read backwards (`reversed_tokens`)."""
+    losses = next_token_losses(model, input_ids, attention_mask, chunked_vocab)
+    if reversed_weight:
+        bos_token_id = getattr(getattr(_base_model(model), "config", None), "bos_token_id", None)
+        backwards = reversed_tokens(input_ids, attention_mask, bos_token_id)
+        losses = losses + reversed_weight * next_token_losses(model, backwards, attention_mask, chunked_vocab)
+    return losses
+
+
+def reversed_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, bos_token_id: int | None = None
+) -> torch.Tensor:
+    """Each row's tokens in reverse order, a leading BOS kept first and the padding where it was.
+
+    Next-token loss on them predicts each token from the ones after it in the text (a name from the description
+    that follows it), which the forward loss never does: reverse training (Golovneva et al., 2024).
+    """
+    length = input_ids.shape[1]
+    mask = attention_mask.long()
+    first = (mask.cumsum(-1) == 0).sum(-1, keepdim=True)  # left padding; a row's tokens are contiguous
+    last = first + mask.sum(-1, keepdim=True) - 1
+    if bos_token_id is not None:
+        first = first + (input_ids.gather(1, first.clamp(max=length - 1)) == bos_token_id).long()
+    positions = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+    source = torch.where((positions >= first) & (positions <= last), first + last - positions, positions)
+    return input_ids.gather(1, source)
+
+
+def next_token_losses(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunked_vocab: bool = False
 ) -> torch.Tensor:
-    """Per-task mean next-token loss of the contexts (the inner objective).
+    """Per-task mean next-token loss of the contexts.
 
     `chunked_vocab` computes it from the decoder's hidden states with `chunked_token_nll` (same value and
     derivatives, no `[tokens, vocab]` tensor kept) where the model allows it: a plain, frozen output head.
@@ -87,6 +123,7 @@ def inner_update(
     start: FastWeights | None = None,
     rows_per_task: int = 1,
     memory_efficient: bool = True,
+    reversed_weight: float = 0.0,
 ) -> tuple[FastWeights, torch.Tensor]:
     """Take `steps` SGD steps on each task's context; returns the per-task fast weights and first-step losses.
 
@@ -98,6 +135,7 @@ def inner_update(
     step on several texts at once.
     `memory_efficient` runs the inner forward with `memory_efficient_attention` and `chunked_token_nll` (the same
     meta-gradient in memory linear in the context length); False: math-kernel attention and full logits.
+    `reversed_weight` adds the loss of the contexts read backwards (`context_losses`).
     """
     first_losses = None
     second_order = create_graph and not first_order
@@ -112,7 +150,7 @@ def inner_update(
             fast_weights = start.requires_grad_()
         for _ in range(steps):
             with use_fast_weights(fast_weights, math_attention=second_order, memory_efficient=memory_efficient):
-                losses = context_losses(model, input_ids, attention_mask, chunked_vocab=memory_efficient)
+                losses = context_losses(model, input_ids, attention_mask, memory_efficient, reversed_weight)
             grads = torch.autograd.grad(losses.sum(), fast_weights.tensors, create_graph=second_order)
             if first_order or not create_graph:
                 grads = [g.detach() for g in grads]

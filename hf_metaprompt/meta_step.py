@@ -196,6 +196,7 @@ class MetaDistillModel(nn.Module):
             create_graph=torch.is_grad_enabled(),
             first_order=self.settings.first_order,
             memory_efficient=self.settings.memory_efficient_inner,
+            reversed_weight=self.settings.reversed_context_weight,
         )
 
     # ----- teacher

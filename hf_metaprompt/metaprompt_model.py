@@ -177,6 +177,7 @@ class MetaPromptModel(nn.Module):
             start=start,
             rows_per_task=rows_per_task,
             memory_efficient=self.settings.memory_efficient_inner,
+            reversed_weight=self.settings.reversed_context_weight,
         )
         return fast_weights
 

@@ -56,6 +56,13 @@ class MetaPromptFields:
             "choices": list(TEXT_COMPOSITIONS),
         },
     )
+    reversed_context_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a second inner loss: next-token loss on each context read backwards (tokens reversed, "
+            "a leading BOS kept first), which predicts each token from what follows it. 0 = the paper's loss alone."
+        },
+    )
     first_order: bool = field(
         default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
     )
@@ -121,6 +128,9 @@ class MetaPromptSettings(MetaPromptFields):
         for key, value in self.log_inner_lrs.items():
             if not _is_number(value) or not math.isfinite(value):
                 raise ValueError(f"`log_inner_lrs[{key!r}]` must be a finite number, got {value!r}.")
+        weight = self.reversed_context_weight
+        if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"`reversed_context_weight` must be a finite number >= 0, got {weight!r}.")
         if not self.min_inner_lr <= self.max_inner_lr:
             raise ValueError(f"min_inner_lr={self.min_inner_lr} > max_inner_lr={self.max_inner_lr}.")
 

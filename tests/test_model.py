@@ -182,8 +182,8 @@ def test_full_weight_checkpoint_is_compared_with_its_base_never_with_itself(chec
     with with_base.meta.teacher_mode() as reference:
         pairs = list(zip(reference.state_dict().values(), base.state_dict().values(), strict=True))
     assert all(torch.equal(loaded, original) for loaded, original in pairs)
-    trained = with_base.meta.model.state_dict().values()
-    assert not all(torch.equal(weight, original) for weight, original in zip(trained, base.state_dict().values()))
+    trained = zip(with_base.meta.model.state_dict().values(), base.state_dict().values(), strict=True)
+    assert not all(torch.equal(weight, original) for weight, original in trained)
     rows = ConditionEvaluator(with_base.meta, tokenizer, show_progress=False).evaluate(
         tasks, "toy", conditions=["prompted"]
     )

@@ -210,6 +210,8 @@ def test_empty_dataset_is_refused(tmp_path, llama_tokenizer):
         ({"max_inner_lr": math.inf}, "`max_inner_lr` must be a positive number, got inf"),
         ({"min_inner_lr": math.nan}, "`min_inner_lr` must be a positive number, got nan"),
         ({"max_consecutive_skipped_steps": 0}, "`max_consecutive_skipped_steps` must be a positive number"),
+        ({"reversed_context_weight": -0.5}, r"`reversed_context_weight` must be a finite number >= 0, got -0.5"),
+        ({"reversed_context_weight": math.nan}, r"`reversed_context_weight` must be a finite number >= 0, got nan"),
     ],
 )
 def test_config_refuses_what_would_fail_later(tmp_path, overrides, message):
