@@ -69,6 +69,15 @@ def directional_fd(meta, batch, direction, eps=1e-5):
     return value
 
 
+def assert_matches_finite_differences(meta, batch, grad, directions=3, generator=None):
+    """`grad` agrees with central differences of the loss along random directions (relative error < 1e-3)."""
+    generator = generator or torch.Generator().manual_seed(0)
+    for _ in range(directions):
+        direction = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
+        analytic, numeric = float(grad @ direction), directional_fd(meta, batch, direction)
+        assert abs(analytic - numeric) / abs(numeric) < 1e-3, (analytic, numeric)
+
+
 @pytest.mark.parametrize(("steps", "inner_params"), [(1, "lora"), (2, "lora"), (1, "all")])
 def test_meta_gradient_matches_finite_differences(gpt2_tokenizer, steps, inner_params):
     # GPT-2 runs entirely in float64 (Llama's RMSNorm computes in float32, which caps finite differences at ~1e-3).
@@ -78,11 +87,7 @@ def test_meta_gradient_matches_finite_differences(gpt2_tokenizer, steps, inner_p
     batch = batch_for(gpt2_tokenizer)
     grad = flat_grad(meta, batch)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        direction = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
-        analytic = float(grad @ direction)
-        numeric = directional_fd(meta, batch, direction)
-        assert abs(analytic - numeric) / abs(numeric) < 1e-3, (analytic, numeric)
+    assert_matches_finite_differences(meta, batch, grad, generator=generator)
 
     # The learned inner learning rates alone.
     lr_direction = torch.zeros_like(grad)

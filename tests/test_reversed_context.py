@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import EXAMPLES
-from test_meta_gradient import batch_for, build, directional_fd, flat_grad
+from test_meta_gradient import assert_matches_finite_differences, batch_for, build, flat_grad
 
 from hf_metaprompt import MetaPromptModel, inner
 from hf_metaprompt.evaluation import ConditionEvaluator
@@ -58,11 +58,7 @@ def test_meta_gradient_through_the_reversed_term_matches_finite_differences(gpt2
     meta = build("gpt2", reversed_context_weight=0.5)
     batch = batch_for(gpt2_tokenizer)
     grad = flat_grad(meta, batch)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        direction = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
-        analytic, numeric = float(grad @ direction), directional_fd(meta, batch, direction)
-        assert abs(analytic - numeric) / abs(numeric) < 1e-3, (analytic, numeric)
+    assert_matches_finite_differences(meta, batch, grad, directions=2)
     meta.settings.reversed_context_weight = 0.0
     assert torch.linalg.vector_norm(flat_grad(meta, batch) - grad) > 1e-3 * torch.linalg.vector_norm(grad)
 
