@@ -242,42 +242,23 @@ class ConditionEvaluator:
             return
         ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
         if condition == "meta_1step":
-            settings = meta.settings
-            fast = self._absorb(
-                meta.model,
-                meta.adapted,
-                meta.inner_lrs(),
-                ids,
-                mask,
-                settings.inner_steps,
-                group,
-                reversed_weight=settings.reversed_context_weight,
-            )
+            options = meta.settings.inner_step_options()
+            fast = self._absorb(meta.model, meta.adapted, meta.inner_lrs(), ids, mask, group, **options)
             with use_fast_weights(fast):
                 yield meta.model
             return
         lrs = torch.full((len(self.base_linears.group_names),), float(lr), device=ids.device)
         with meta.teacher_mode() as base:
-            fast = self._absorb(base, self.base_linears, lrs, ids, mask, PLAIN_FT_STEPS[condition], group)
+            fast = self._absorb(base, self.base_linears, lrs, ids, mask, group, steps=PLAIN_FT_STEPS[condition])
             with use_fast_weights(fast):
                 yield base
 
-    def _absorb(self, model, modules, lrs, ids, mask, steps, group, reversed_weight=0.0) -> FastWeights:
+    def _absorb(self, model, modules, lrs, ids, mask, group, **step_options) -> FastWeights:
         """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts
-        the way the checkpoint combines texts (`text_composition`); the state then serves the group's rows."""
+        the way the checkpoint combines texts (`text_composition`); the state then serves the group's rows.
+        `step_options` go to `inner_update` (the checkpoint's `inner_step_options()`, or plain fine-tuning's steps)."""
         composition = self.meta.settings.text_composition
-        return absorb_groups(
-            model,
-            modules,
-            lrs,
-            ids,
-            mask,
-            group,
-            composition,
-            steps=steps,
-            create_graph=False,
-            reversed_weight=reversed_weight,
-        )[0]
+        return absorb_groups(model, modules, lrs, ids, mask, group, composition, create_graph=False, **step_options)[0]
 
     def _generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         output = model.generate(

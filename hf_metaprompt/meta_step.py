@@ -192,11 +192,9 @@ class MetaDistillModel(nn.Module):
             context_attention_mask,
             texts,
             self.settings.text_composition,
-            steps=self.settings.inner_steps,
             create_graph=torch.is_grad_enabled(),
             first_order=self.settings.first_order,
-            memory_efficient=self.settings.memory_efficient_inner,
-            reversed_weight=self.settings.reversed_context_weight,
+            **self.settings.inner_step_options(),
         )
 
     # ----- teacher

@@ -172,12 +172,10 @@ class MetaPromptModel(nn.Module):
             self.meta.inner_lrs().detach(),
             ids,
             mask,
-            steps=self.settings.inner_steps,
             create_graph=False,
             start=start,
             rows_per_task=rows_per_task,
-            memory_efficient=self.settings.memory_efficient_inner,
-            reversed_weight=self.settings.reversed_context_weight,
+            **self.settings.inner_step_options(),
         )
         return fast_weights
 

@@ -134,6 +134,15 @@ class MetaPromptSettings(MetaPromptFields):
         if not self.min_inner_lr <= self.max_inner_lr:
             raise ValueError(f"min_inner_lr={self.min_inner_lr} > max_inner_lr={self.max_inner_lr}.")
 
+    def inner_step_options(self) -> dict[str, Any]:
+        """The step this checkpoint takes on a text, as `inner_update` arguments: one place for training, `absorb`
+        and the evaluation."""
+        return {
+            "steps": self.inner_steps,
+            "memory_efficient": self.memory_efficient_inner,
+            "reversed_weight": self.reversed_context_weight,
+        }
+
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / METAPROMPT_CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
