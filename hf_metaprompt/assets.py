@@ -28,14 +28,15 @@ TINY_METAPROMPT_DIR = ASSETS_DIR / "tiny_world_metaprompt"
 
 
 def tiny_metaprompt_path() -> Path:
-    """The meta-trained tiny-world checkpoint shipped with the package (adapter + `metaprompt_config.json`).
+    """The meta-trained tiny-world checkpoint shipped with the package (every weight + `metaprompt_config.json`).
 
-    It is what ``accelerate launch examples/run_meta.py`` writes with its defaults, so that absorbing a text works
-    offline in three lines without training first.
+    It is what ``examples/tiny_world_checkpoint.sh`` writes (two meta-training stages, the second on episodes of
+    several texts), so that absorbing texts works offline in three lines without training first.
     """
     if not (TINY_METAPROMPT_DIR / "metaprompt_config.json").is_file():
         raise FileNotFoundError(
-            f"The meta-trained tiny-world checkpoint is missing from {TINY_METAPROMPT_DIR}; produce it with "
-            "`accelerate launch examples/run_meta.py --output_dir hf_metaprompt/assets/tiny_world_metaprompt`."
+            f"The meta-trained tiny-world checkpoint is missing from {TINY_METAPROMPT_DIR}; rebuild it with "
+            "`bash examples/tiny_world_checkpoint.sh OUTPUT_DIR` and copy OUTPUT_DIR there (without its stage1 "
+            "folder)."
         )
     return TINY_METAPROMPT_DIR

@@ -304,6 +304,7 @@ def build_model_card(
         adapted_params=_adapted_params(inner_settings, library_name),
         inner_steps_phrase=inner_steps_phrase,
         texts_phrase=_texts_phrase(inner_settings),
+        texts_per_episode=inner_settings.get("texts_per_episode", 1),
         inner_rows=_inner_rows(inner_settings),
         inner_lr_rows=[(module, _format_value(float(lr))) for module, lr in inner_lrs.items()],
         max_context_length=inner_settings.get("max_context_length"),

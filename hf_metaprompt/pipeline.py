@@ -28,7 +28,7 @@ from .evaluation import (
     format_table,
     save_results,
 )
-from .hub import is_repo_id, resolve_checkpoint
+from .hub import is_repo_id, recorded_card_inputs, resolve_checkpoint
 from .meta_step import MetaDistillModel
 from .trainer import MetaDistillTrainer
 
@@ -111,7 +111,8 @@ class ScriptArguments:
         metadata={
             "help": "Start from a checkpoint this script saved (local folder or Hub id: its adapted weights and "
             "learned inner LRs) instead of a fresh adapter: the next stage of a curriculum, e.g. longer episodes. "
-            "Unlike --resume_from_checkpoint, optimizer and schedule start anew with this run's settings."
+            "Unlike --resume_from_checkpoint, optimizer and schedule start anew with this run's settings; the card "
+            "lists the starting checkpoint's commands before this one."
         },
     )
     skip_training: bool = field(default=False, metadata={"help": "Only evaluate (e.g. the base with no meta-step)."})
@@ -201,8 +202,10 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
     trainer.meta_model.record_base_model(base_id)
     if script_args.init_from:
-        trainer.meta_model.load_meta_state(resolve_checkpoint(script_args.init_from))
+        start = resolve_checkpoint(script_args.init_from)
+        trainer.meta_model.load_meta_state(start)
         logger.info("Meta-training starts from %s", script_args.init_from)
+        command = with_earlier_stages(command, start)
     if not script_args.skip_training:
         trainer.train(resume_from_checkpoint=_resume_argument(config))
     trainer.save_model(config.output_dir)
@@ -235,6 +238,13 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     if config.push_to_hub:
         trainer.push_to_hub(commit_message="Meta-trained checkpoint with evaluation results")
     return rows
+
+
+def with_earlier_stages(command: str | None, start: Path) -> str | None:
+    """`command` after the commands that made `start` (as its card records them): the card of a stage run
+    `--init_from` another checkpoint then lists the whole recipe, which reruns from the card alone."""
+    earlier = recorded_card_inputs(start / "README.md").get("command")
+    return f"{earlier}\n{command}" if earlier and command else command
 
 
 def _resume_argument(config: MetaDistillConfig) -> str | bool | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_metaprompt.hub import recorded_card_inputs
 from hf_metaprompt.pipeline import main
 
 
@@ -67,8 +69,10 @@ def test_init_from_starts_where_a_saved_run_ended(tmp_path):
         "--max_steps", "2", "--max_eval_samples", "4", "--max_validation_samples", "4",
         "--conditions", "meta_1step", "--texts_absorbed", "1", "--logging_steps", "1",
     ]  # fmt: skip
-    main(["--output_dir", str(tmp_path / "first"), *quick])
-    main(["--output_dir", str(tmp_path / "second"), "--init_from", str(tmp_path / "first"), "--skip_training", *quick])
+    first_args = ["--output_dir", str(tmp_path / "first"), *quick]
+    second_args = ["--output_dir", str(tmp_path / "second"), "--init_from", str(tmp_path / "first"), "--skip_training"]
+    main(first_args)
+    main([*second_args, *quick])
     main(["--output_dir", str(tmp_path / "fresh"), "--skip_training", *quick])
 
     def saved(name):
@@ -79,5 +83,9 @@ def test_init_from_starts_where_a_saved_run_ended(tmp_path):
     assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
     assert second_lrs == first_lrs != fresh_lrs
     assert not all(torch.equal(first[key], fresh[key]) for key in first)
+    # The second stage's card lists both commands, so the two-stage recipe reruns from the card alone.
+    command = recorded_card_inputs(tmp_path / "second" / "README.md")["command"]
+    launch = ["accelerate", "launch", "examples/run_meta.py"]
+    assert [shlex.split(line) for line in command.splitlines()] == [launch + first_args, launch + second_args + quick]
     with pytest.raises(ValueError, match="another lora_r"):
         main(["--output_dir", str(tmp_path / "bad"), "--init_from", str(tmp_path / "first"), "--lora_r", "4", *quick])

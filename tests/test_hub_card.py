@@ -225,6 +225,9 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
     assert "exact_match (meta_1step, 16 texts, first_text questions)" in names
     assert "| tiny_world | 16 | first_text | meta_1step | forward | 0.500 |" in card.text
     assert "episodes of 8 texts, each update adding to the others" in card.text
+    assert "absorb(...) adds texts: meta-trained for up to 8" in card.text
+    one_text = build_model_card(**_card_kwargs(eval_results=curve))
+    assert "forget the absorbed text before absorbing another one" in one_text.text
 
 
 def test_shipped_tiny_base_is_not_linked_and_local_cards_load_their_folder(tmp_path, caplog):
