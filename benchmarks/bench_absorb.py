@@ -74,7 +74,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = MetaPromptModel.from_pretrained(args.checkpoint or tiny_metaprompt_path())
+    # The base answers the prompted side: loaded too when the checkpoint replaced its weights (`inner_params="all"`).
+    model = MetaPromptModel.from_pretrained(args.checkpoint or tiny_metaprompt_path(), load_base=True)
     tasks = load_tiny_world(num_train=1, num_validation=1, num_test=max(args.questions), facts_per_context=args.facts)
     text = tasks["test"][0]["context"]
     queries = list(tasks["test"]["query"])
