@@ -12,6 +12,7 @@ import torch
 from hf_metaprompt import MetaPromptModel
 from hf_metaprompt.assets import tiny_metaprompt_path
 from hf_metaprompt.data.tiny_world import load_tiny_world
+from hf_metaprompt.hub import recorded_card_inputs
 from hf_metaprompt.metrics import exact_match
 from hf_metaprompt.pipeline import parse_args
 from hf_metaprompt.settings import MetaPromptFields, MetaPromptSettings
@@ -78,9 +79,9 @@ RECIPE = Path(__file__).parents[1] / "examples" / "tiny_world_checkpoint.sh"
 
 
 def recipe_stages() -> list[list[str]]:
-    """The `run_meta.py` arguments of each stage of the script that rebuilds the shipped checkpoint."""
-    lines = RECIPE.read_text().replace("\\\n", " ").splitlines()
-    return [shlex.split(line)[2:] for line in lines if line.startswith("python examples/run_meta.py")]
+    """The `run_meta.py` arguments of each stage of the script that rebuilds the shipped checkpoint, default OUT."""
+    text = RECIPE.read_text().replace("\\\n", " ").replace("$OUT", "outputs/tiny_world_metaprompt")
+    return [shlex.split(line)[2:] for line in text.splitlines() if line.startswith("python examples/run_meta.py")]
 
 
 def test_the_recipe_script_rebuilds_the_shipped_checkpoint_settings():
@@ -94,3 +95,6 @@ def test_the_recipe_script_rebuilds_the_shipped_checkpoint_settings():
     for spec in fields(MetaPromptFields):
         assert getattr(second, spec.name) == getattr(shipped, spec.name), spec.name
     assert first.texts_per_episode == 1 and shipped.texts_per_episode > 1
+    # The commands in the shipped card (each stage's, as run) are the script's.
+    card = recorded_card_inputs(tiny_metaprompt_path() / "README.md")["command"]
+    assert [shlex.split(line)[3:] for line in card.splitlines()] == recipe_stages()
