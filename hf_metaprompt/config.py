@@ -83,6 +83,11 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             Interpolation weight of the generalized Jensen-Shannon divergence (only with `distill_loss="jsd"`).
         distill_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature applied to both teacher and student logits.
+        answer_loss_weight (`float`, *optional*, defaults to `0.0`):
+            Mix cross-entropy on the answer tokens into the outer loss, `(1 - w) * divergence + w * cross-entropy`
+            (the classic soft/hard distillation mix). The answer is the dataset's, or in label-free mode the
+            teacher's greedy answer. `0` is the paper's loss; a weight > 0 lets the student learn past a weak
+            prompted teacher where gold answers exist. Recorded with the checkpoint.
         distill_on (`str`, *optional*, defaults to `"answer"`):
             Positions where the divergence is taken: `"answer"` or `"query_and_answer"`.
         max_context_length (`int`, *optional*, defaults to `512`):

@@ -305,6 +305,7 @@ def build_model_card(
         inner_steps_phrase=inner_steps_phrase,
         texts_phrase=_texts_phrase(inner_settings),
         texts_per_episode=inner_settings.get("texts_per_episode", 1),
+        answer_loss_weight=inner_settings.get("answer_loss_weight", 0.0),
         inner_rows=_inner_rows(inner_settings),
         inner_lr_rows=[(module, _format_value(float(lr))) for module, lr in inner_lrs.items()],
         max_context_length=inner_settings.get("max_context_length"),

@@ -61,6 +61,11 @@ def distillation_divergence(
     raise ValueError(f"Unknown distillation loss {kind!r}; use 'forward_kl', 'reverse_kl' or 'jsd'.")
 
 
+def mix_answer_loss(divergence: torch.Tensor, answer_nll: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - w) * divergence + w * answer NLL per position: classic distillation's mix of soft and hard targets."""
+    return (1 - weight) * divergence + weight * answer_nll
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Log-probability of each target token under `logits` (same leading shape).
 

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from .fast_weights import AdaptedModules, FastWeights, checkpoint_context_fn, use_fast_weights
 from .inner import absorb_groups, check_attention_supports_meta_gradient, position_ids_from_mask
-from .losses import distillation_divergence
+from .losses import distillation_divergence, mix_answer_loss, token_logprobs
 from .settings import MetaPromptSettings
 from .tokens import IGNORE_INDEX, target_window
 
@@ -147,6 +147,9 @@ class MetaDistillModel(nn.Module):
         per_token = distillation_divergence(
             teacher_logits, student_logits, s.distill_loss, s.distill_temperature, s.jsd_beta
         )
+        if s.answer_loss_weight:
+            answer_nll = -token_logprobs(student_logits, labels[:, -keep + 1 :].clamp(min=0))
+            per_token = mix_answer_loss(per_token, answer_nll, s.answer_loss_weight)
         total = (per_token * targets).sum()
         num_targets = targets.sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)

@@ -78,6 +78,14 @@ class MetaPromptFields:
     )
     jsd_beta: float = field(default=0.5, metadata={"help": "Weight of the generalized JSD (distill_loss=jsd)."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation."})
+    answer_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight w of cross-entropy on the answer tokens in the outer loss: (1 - w) * divergence + w * "
+            "cross-entropy. The answer is the dataset's (or, label-free, the teacher's greedy one). 0 = the paper's "
+            "loss; > 0 lets a student outgrow a weak prompted teacher where gold answers exist."
+        },
+    )
     distill_on: str = field(
         default="answer", metadata={"help": "Positions where the divergence is taken.", "choices": list(DISTILL_ON)}
     )
@@ -131,6 +139,9 @@ class MetaPromptSettings(MetaPromptFields):
         weight = self.reversed_context_weight
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`reversed_context_weight` must be a finite number >= 0, got {weight!r}.")
+        mix = self.answer_loss_weight
+        if not _is_number(mix) or not 0 <= mix <= 1:
+            raise ValueError(f"`answer_loss_weight` must be a number in [0, 1], got {mix!r}.")
         if not self.min_inner_lr <= self.max_inner_lr:
             raise ValueError(f"min_inner_lr={self.min_inner_lr} > max_inner_lr={self.max_inner_lr}.")
 

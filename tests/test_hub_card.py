@@ -230,6 +230,21 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
     assert "forget the absorbed text before absorbing another one" in one_text.text
 
 
+@pytest.mark.parametrize(
+    ("weight", "says", "never"),
+    [
+        (0.0, "no gold answers are needed", "cross-entropy"),
+        (0.5, "cross-entropy on the gold answer (`answer_loss_weight=0.5`)", "no gold answers are needed"),
+        (1.0, "the prompted base model sets no targets", "distilled towards"),
+    ],
+)
+def test_the_card_says_where_the_targets_come_from(weight, says, never):
+    card = build_model_card(**_card_kwargs(inner_settings={**INNER_SETTINGS, "answer_loss_weight": weight}))
+    text = " ".join(card.text.split())
+    assert says in text
+    assert never not in text
+
+
 def test_shipped_tiny_base_is_not_linked_and_local_cards_load_their_folder(tmp_path, caplog):
     """A card links only what exists on the Hub, and its usage code loads what it describes."""
     from hf_metaprompt.assets import TINY_BASE_ID

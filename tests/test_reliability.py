@@ -212,6 +212,8 @@ def test_empty_dataset_is_refused(tmp_path, llama_tokenizer):
         ({"max_consecutive_skipped_steps": 0}, "`max_consecutive_skipped_steps` must be a positive number"),
         ({"reversed_context_weight": -0.5}, r"`reversed_context_weight` must be a finite number >= 0, got -0.5"),
         ({"reversed_context_weight": math.nan}, r"`reversed_context_weight` must be a finite number >= 0, got nan"),
+        ({"answer_loss_weight": 1.5}, r"`answer_loss_weight` must be a number in \[0, 1\], got 1.5"),
+        ({"answer_loss_weight": math.nan}, r"`answer_loss_weight` must be a number in \[0, 1\], got nan"),
     ],
 )
 def test_config_refuses_what_would_fail_later(tmp_path, overrides, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from dataclasses import fields
 from pathlib import Path
@@ -39,29 +40,39 @@ def test_held_out_people_are_unknown_before_absorbing(model, tasks):
     assert accuracy(model.reset().ask(list(tasks["query"])), tasks) <= 0.05
 
 
+def answered_after_absorbing(model: MetaPromptModel, tasks, direction: str) -> float:
+    """Exact match on the questions of one direction, each task's text absorbed alone (one update per row)."""
+    chosen = tasks.select([i for i, asked in enumerate(tasks["direction"]) if asked == direction])
+    answers = model.absorb(list(chosen["context"]), per_row=True).ask(list(chosen["query"]))
+    model.reset()
+    return accuracy(answers, chosen)
+
+
+def test_absorbing_held_out_facts_answers_forward_questions(model, tasks):
+    # Measured 39 of 48; the teacher (the base prompted with the text) answers about 0.2 of such questions.
+    assert answered_after_absorbing(model, tasks, "forward") >= 0.6
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="the shipped checkpoint's teacher (the shipped base) reads only part of its prompt (issue 13), and the "
-    "checkpoint reaches 1.3x of it forward but 0.42x reversed (0.28 / 0.30 exact match); remove once a checkpoint on "
-    "a base at issue 13's levels ships",
+    reason="no recipe tried binds reversed questions (description -> name) in one step: the shipped checkpoint "
+    "answers 12 of these 48, where the base prompted with the text answers 0.7; remove once one does",
 )
-def test_absorbing_held_out_facts_answers_questions(model, tasks):
-    after = accuracy(model.absorb(list(tasks["context"]), per_row=True).ask(list(tasks["query"])), tasks)
-    model.reset()
-    assert after >= 0.6, after
+def test_absorbing_held_out_facts_answers_reversed_questions(model, tasks):
+    assert answered_after_absorbing(model, tasks, "reversed") >= 0.6
 
 
-def test_the_shipped_checkpoint_holds_several_texts(model, tasks):
-    """Meta-trained on episodes of 1-4 texts: with the contexts of 4 tasks absorbed one after another, it still
-    answers forward questions about them (measured 7 of 48; the one-text checkpoint shipped before answered none)."""
+def test_the_shipped_checkpoint_holds_sixteen_texts(model, tasks):
+    """Meta-trained on episodes of up to 16 texts: with the contexts of 16 tasks absorbed one after another, it still
+    answers forward questions about all of them (measured 24 of 48; the checkpoint shipped before answered 0.11)."""
     answers = []
-    for start in range(0, NUM_TASKS, 4):
-        group = tasks.select(range(start, start + 4))
+    for start in range(0, NUM_TASKS, 16):
+        group = tasks.select(range(start, start + 16))
         answers += model.reset().absorb(list(group["context"])).ask(list(group["query"]))
     model.reset()
     forward = [i for i, direction in enumerate(tasks["direction"]) if direction == "forward"]
-    assert accuracy([answers[i] for i in forward], tasks.select(forward)) >= 0.06
+    assert accuracy([answers[i] for i in forward], tasks.select(forward)) >= 0.35
 
 
 def test_reset_restores_bit_identical_outputs(model, tasks):
@@ -85,16 +96,18 @@ def recipe_stages() -> list[list[str]]:
 
 
 def test_the_recipe_script_rebuilds_the_shipped_checkpoint_settings():
-    """Each stage of `examples/tiny_world_checkpoint.sh` parses, the second starts from the first, and the last one
+    """Each stage of `examples/tiny_world_checkpoint.sh` parses, each starts from the one before, and the last one
     meta-trains with the settings the shipped checkpoint records: the script and the asset cannot drift apart."""
     stages = [parse_args(stage) for stage in recipe_stages()]
-    assert len(stages) == 2
-    (_, first), (second_args, second) = stages
-    assert second_args.init_from == first.output_dir
+    assert len(stages) == 3
+    for (_, before), (script_args, _) in itertools.pairwise(stages):
+        assert script_args.init_from == before.output_dir
+    (_, first), _, (_, last) = stages
     shipped = MetaPromptSettings.load(tiny_metaprompt_path())
     for spec in fields(MetaPromptFields):
-        assert getattr(second, spec.name) == getattr(shipped, spec.name), spec.name
+        assert getattr(last, spec.name) == getattr(shipped, spec.name), spec.name
     assert first.texts_per_episode == 1 and shipped.texts_per_episode > 1
+    assert first.answer_loss_weight == 0 and shipped.answer_loss_weight == 1  # the paper's loss first, then gold
     # The commands in the shipped card (each stage's, as run) are the script's.
     card = recorded_card_inputs(tiny_metaprompt_path() / "README.md")["command"]
     assert [shlex.split(line)[3:] for line in card.splitlines()] == recipe_stages()
