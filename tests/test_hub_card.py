@@ -234,8 +234,8 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
     ("weight", "says", "never"),
     [
         (0.0, "no gold answers are needed", "cross-entropy"),
-        (0.5, "cross-entropy on the gold answer (`answer_loss_weight=0.5`)", "no gold answers are needed"),
-        (1.0, "the prompted base model sets no targets", "distilled towards"),
+        (0.5, "with cross-entropy on the answer (`answer_loss_weight=0.5`)", "no gold answers are needed"),
+        (1.0, "trained with cross-entropy on the answer (`answer_loss_weight=1`)", "distilled towards"),
     ],
 )
 def test_the_card_says_where_the_targets_come_from(weight, says, never):
