@@ -40,9 +40,14 @@ def test_held_out_people_are_unknown_before_absorbing(model, tasks):
     assert accuracy(model.reset().ask(list(tasks["query"])), tasks) <= 0.05
 
 
+def of_direction(tasks, direction: str) -> list[int]:
+    """Indices of the tasks whose question asks in `direction`."""
+    return [i for i, asked in enumerate(tasks["direction"]) if asked == direction]
+
+
 def answered_after_absorbing(model: MetaPromptModel, tasks, direction: str) -> float:
     """Exact match on the questions of one direction, each task's text absorbed alone (one update per row)."""
-    chosen = tasks.select([i for i, asked in enumerate(tasks["direction"]) if asked == direction])
+    chosen = tasks.select(of_direction(tasks, direction))
     answers = model.absorb(list(chosen["context"]), per_row=True).ask(list(chosen["query"]))
     model.reset()
     return accuracy(answers, chosen)
@@ -71,7 +76,7 @@ def test_the_shipped_checkpoint_holds_sixteen_texts(model, tasks):
         group = tasks.select(range(start, start + 16))
         answers += model.reset().absorb(list(group["context"])).ask(list(group["query"]))
     model.reset()
-    forward = [i for i, direction in enumerate(tasks["direction"]) if direction == "forward"]
+    forward = of_direction(tasks, "forward")
     assert accuracy([answers[i] for i in forward], tasks.select(forward)) >= 0.35
 
 
