@@ -56,6 +56,11 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             reversed, a leading BOS kept first), which predicts each token from the ones after it, as reverse
             training does against the reversal curse. `0` keeps the paper's next-token loss alone; the checkpoint
             records it, so absorbing uses the objective it was meta-trained with (see the README's results).
+        reversed_context_unit (`str`, *optional*, defaults to `"token"`):
+            What the backwards term reverses: `"token"` (every token) or `"entity"` (the order of the words, each run
+            of capitalised words kept in reading order: the entity-preserving reversal of reverse training, which
+            reads "Hana Santos is a sculptor." as ". sculptor a is Hana Santos", a name after its description).
+            Words and capitals come from the tokenizer (`tokens.word_classes`).
         first_order (`bool`, *optional*, defaults to `False`):
             Treat the inner gradient as a constant (first-order MAML): cheaper, measured clearly worse.
         memory_efficient_inner (`bool`, *optional*, defaults to `True`):

@@ -242,7 +242,7 @@ class ConditionEvaluator:
             return
         ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
         if condition == "meta_1step":
-            options = meta.settings.inner_step_options()
+            options = meta.inner_step_options()
             fast = self._absorb(meta.model, meta.adapted, meta.inner_lrs(), ids, mask, group, **options)
             with use_fast_weights(fast):
                 yield meta.model

@@ -173,6 +173,20 @@ def _texts_phrase(inner_settings: Mapping[str, Any]) -> str:
     return f"this checkpoint was meta-trained on {episodes}, {how}"
 
 
+def _inner_loss_phrase(inner_settings: Mapping[str, Any]) -> str:
+    """What `absorb` minimises: the text's language-modeling loss, and the backwards term where there is one."""
+    phrase = "the language-modeling loss of that text"
+    weight = inner_settings.get("reversed_context_weight", 0.0)
+    if not weight:
+        return phrase
+    how = (
+        "word by word, each name kept whole"
+        if inner_settings.get("reversed_context_unit", "token") == "entity"
+        else "token by token"
+    )
+    return f"{phrase} plus {_format_value(weight)} times that of the text read backwards, {how}"
+
+
 def _inner_rows(inner_settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     scalars = {
         k: v for k, v in inner_settings.items() if k not in ("base_model", "inner_lrs") and not isinstance(v, dict)
@@ -303,6 +317,7 @@ def build_model_card(
         load_path=json.dumps(load_path or repo_id),
         adapted_params=_adapted_params(inner_settings, library_name),
         inner_steps_phrase=inner_steps_phrase,
+        inner_loss_phrase=_inner_loss_phrase(inner_settings),
         texts_phrase=_texts_phrase(inner_settings),
         texts_per_episode=inner_settings.get("texts_per_episode", 1),
         answer_loss_weight=inner_settings.get("answer_loss_weight", 0.0),

@@ -8,6 +8,7 @@ from torch import nn
 from .chunked_nll import chunked_token_nll
 from .fast_weights import AdaptedModules, FastWeights, use_fast_weights
 from .losses import sequence_nll
+from .tokens import CAPITALISED, OPENS_WORD
 
 # Attention implementations whose kernels have a double backward (the inner forward is differentiated twice).
 DOUBLE_BACKWARD_ATTENTION = ("eager", "sdpa")
@@ -41,24 +42,31 @@ def context_losses(
     attention_mask: torch.Tensor,
     chunked_vocab: bool = False,
     reversed_weight: float = 0.0,
+    word_classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The inner objective per task: the contexts' mean next-token loss, plus `reversed_weight` times that of the
-    contexts read backwards (`reversed_tokens`)."""
+    contexts read backwards (`reversed_tokens`: by token, or by entity with the tokenizer's `word_classes`)."""
     losses = next_token_losses(model, input_ids, attention_mask, chunked_vocab)
     if reversed_weight:
         bos_token_id = getattr(getattr(_base_model(model), "config", None), "bos_token_id", None)
-        backwards = reversed_tokens(input_ids, attention_mask, bos_token_id)
+        backwards = reversed_tokens(input_ids, attention_mask, bos_token_id, word_classes)
         losses = losses + reversed_weight * next_token_losses(model, backwards, attention_mask, chunked_vocab)
     return losses
 
 
 def reversed_tokens(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, bos_token_id: int | None = None
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    bos_token_id: int | None = None,
+    word_classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Each row's tokens in reverse order, a leading BOS kept first and the padding where it was.
+    """Each row's text read backwards, a leading BOS kept first and the padding where it was.
 
-    Next-token loss on them predicts each token from the ones after it in the text (a name from the description
-    that follows it), which the forward loss never does: reverse training (Golovneva et al., 2024).
+    Next-token loss on it predicts what a text says first from what it says after (reverse training, Golovneva
+    et al., 2024), which the forward loss never does. Token by token by default; with `word_classes`
+    (`tokens.word_classes`), unit by unit, where a unit is a word, or a run of capitalised words kept in reading
+    order: "Hana Santos is a sculptor." becomes ". sculptor a is Hana Santos", the name whole and after its
+    description (entity-preserving reversal; token reversal would give "... is Santos Hana").
     """
     length = input_ids.shape[1]
     mask = attention_mask.long()
@@ -67,8 +75,34 @@ def reversed_tokens(
     if bos_token_id is not None:
         first = first + (input_ids.gather(1, first.clamp(max=length - 1)) == bos_token_id).long()
     positions = torch.arange(length, device=input_ids.device).expand_as(input_ids)
-    source = torch.where((positions >= first) & (positions <= last), first + last - positions, positions)
-    return input_ids.gather(1, source)
+    inside = (positions >= first) & (positions <= last)
+    if word_classes is None:
+        return input_ids.gather(1, torch.where(inside, first + last - positions, positions))
+    # Units in reverse order, each unit's tokens in reading order: sort inside positions by (-unit, position).
+    units = _entity_units(input_ids, word_classes, inside, positions, first)
+    order = (units.amax(-1, keepdim=True) - units) * length + positions
+    order = torch.where(positions < first, positions - 4 * length**2, order)
+    order = torch.where(positions > last, positions + 4 * length**2, order)
+    return input_ids.gather(1, order.argsort(dim=-1))
+
+
+def _entity_units(
+    input_ids: torch.Tensor,
+    word_classes: torch.Tensor,
+    inside: torch.Tensor,
+    positions: torch.Tensor,
+    first: torch.Tensor,
+) -> torch.Tensor:
+    """Index of each token's unit: a new unit opens at a word (and where the text starts), except a capitalised word
+    right after another."""
+    classes = word_classes.to(input_ids.device)[input_ids]
+    opens = inside & ((classes & OPENS_WORD).bool() | (positions == first))
+    capital = opens & (classes & CAPITALISED).bool()
+    # Where the word before each token opened (-1: none), found as a running maximum of word openings.
+    opened = torch.where(opens, positions, -1).cummax(-1).values
+    previous = torch.cat([torch.full_like(opened[:, :1], -1), opened[:, :-1]], -1)
+    after_capital = (previous >= 0) & capital.gather(1, previous.clamp(min=0))
+    return (opens & ~(capital & after_capital)).long().cumsum(-1)
 
 
 def next_token_losses(
@@ -124,6 +158,7 @@ def inner_update(
     rows_per_task: int = 1,
     memory_efficient: bool = True,
     reversed_weight: float = 0.0,
+    word_classes: torch.Tensor | None = None,
 ) -> tuple[FastWeights, torch.Tensor]:
     """Take `steps` SGD steps on each task's context; returns the per-task fast weights and first-step losses.
 
@@ -135,7 +170,8 @@ def inner_update(
     step on several texts at once.
     `memory_efficient` runs the inner forward with `memory_efficient_attention` and `chunked_token_nll` (the same
     meta-gradient in memory linear in the context length); False: math-kernel attention and full logits.
-    `reversed_weight` adds the loss of the contexts read backwards (`context_losses`).
+    `reversed_weight` adds the loss of the contexts read backwards (`context_losses`), by entity where
+    `word_classes` is given.
     """
     first_losses = None
     second_order = create_graph and not first_order
@@ -150,7 +186,9 @@ def inner_update(
             fast_weights = start.requires_grad_()
         for _ in range(steps):
             with use_fast_weights(fast_weights, math_attention=second_order, memory_efficient=memory_efficient):
-                losses = context_losses(model, input_ids, attention_mask, memory_efficient, reversed_weight)
+                losses = context_losses(
+                    model, input_ids, attention_mask, memory_efficient, reversed_weight, word_classes
+                )
             grads = torch.autograd.grad(losses.sum(), fast_weights.tensors, create_graph=second_order)
             if first_order or not create_graph:
                 grads = [g.detach() for g in grads]

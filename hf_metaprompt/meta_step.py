@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +40,8 @@ class MetaDistillModel(nn.Module):
     """Wraps the meta-learned model (a `PeftModel`, or a plain model with `inner_params="all"`) and its inner LRs.
 
     The teacher is the same model with its adapter disabled when `teacher is None` (LoRA mode), otherwise the given
-    frozen model. `pad_token_id`/`eos_token_id` are needed only in label-free mode (teacher generation).
+    frozen model. `pad_token_id`/`eos_token_id` are needed only in label-free mode (teacher generation),
+    `word_classes` (`tokens.word_classes(tokenizer)`) only with `reversed_context_unit="entity"`.
     """
 
     accepts_loss_kwargs = True
@@ -51,12 +53,22 @@ class MetaDistillModel(nn.Module):
         teacher: nn.Module | None = None,
         pad_token_id: int | None = None,
         eos_token_id: int | None = None,
+        word_classes: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
+        if settings.reversed_context_unit == "entity" and word_classes is None:
+            raise ValueError(
+                "reversed_context_unit='entity' cuts texts into words with the tokenizer: pass "
+                "word_classes=hf_metaprompt.tokens.word_classes(tokenizer)."
+            )
+        # Follows the model across devices; not saved: it is the tokenizer's, rebuilt from it on loading.
+        self.register_buffer(
+            "word_classes", word_classes if settings.reversed_context_unit == "entity" else None, persistent=False
+        )
         is_peft = hasattr(model, "disable_adapter")
         if settings.uses_adapter:
             if not is_peft:
@@ -197,8 +209,13 @@ class MetaDistillModel(nn.Module):
             self.settings.text_composition,
             create_graph=torch.is_grad_enabled(),
             first_order=self.settings.first_order,
-            **self.settings.inner_step_options(),
+            **self.inner_step_options(),
         )
+
+    def inner_step_options(self) -> dict[str, Any]:
+        """The step this checkpoint takes on a text, as `inner_update` arguments: one place for training, `absorb`
+        and the evaluation."""
+        return {**self.settings.inner_step_options(), "word_classes": self.word_classes}
 
     # ----- teacher
     def require_base(self) -> None:

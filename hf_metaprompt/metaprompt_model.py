@@ -21,7 +21,15 @@ from .hub import resolve_checkpoint
 from .inner import inner_update
 from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
-from .tokens import context_rows, decode_answers, encode, pad_rows, pad_token_id, special_prefix_ids
+from .tokens import (
+    context_rows,
+    decode_answers,
+    encode,
+    pad_rows,
+    pad_token_id,
+    reversal_word_classes,
+    special_prefix_ids,
+)
 from .validation import position_limit
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -101,7 +109,12 @@ class MetaPromptModel(nn.Module):
                 teacher = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         meta = MetaDistillModel(
-            model, settings, teacher=teacher, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id
+            model,
+            settings,
+            teacher=teacher,
+            pad_token_id=pad_token_id(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            word_classes=reversal_word_classes(tokenizer, settings.reversed_context_unit),
         )
         _check_learned_lrs(meta, settings, directory)
         meta.check_finite(f"Refusing to load {directory}")
@@ -175,7 +188,7 @@ class MetaPromptModel(nn.Module):
             create_graph=False,
             start=start,
             rows_per_task=rows_per_task,
-            **self.settings.inner_step_options(),
+            **self.meta.inner_step_options(),
         )
         return fast_weights
 

@@ -16,6 +16,7 @@ INNER_PARAMS = ("lora", "base", "all")
 DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 DISTILL_ON = ("answer", "query_and_answer")
 TEXT_COMPOSITIONS = ("sequential", "additive")
+REVERSAL_UNITS = ("token", "entity")
 
 
 @dataclass
@@ -61,6 +62,14 @@ class MetaPromptFields:
         metadata={
             "help": "Weight of a second inner loss: next-token loss on each context read backwards (tokens reversed, "
             "a leading BOS kept first), which predicts each token from what follows it. 0 = the paper's loss alone."
+        },
+    )
+    reversed_context_unit: str = field(
+        default="token",
+        metadata={
+            "help": "What reversed_context_weight reads backwards: 'token' (every token) or 'entity' (the words, each "
+            "run of capitalised words such as a name kept in reading order, so a name follows its description).",
+            "choices": list(REVERSAL_UNITS),
         },
     )
     first_order: bool = field(
@@ -139,6 +148,11 @@ class MetaPromptSettings(MetaPromptFields):
         weight = self.reversed_context_weight
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`reversed_context_weight` must be a finite number >= 0, got {weight!r}.")
+        if self.reversed_context_unit != "token" and not weight:
+            raise ValueError(
+                f"`reversed_context_unit={self.reversed_context_unit!r}` acts only on the backwards loss: set "
+                "`reversed_context_weight` > 0, or leave the unit at 'token'."
+            )
         mix = self.answer_loss_weight
         if not _is_number(mix) or not 0 <= mix <= 1:
             raise ValueError(f"`answer_loss_weight` must be a number in [0, 1], got {mix!r}.")
@@ -146,8 +160,7 @@ class MetaPromptSettings(MetaPromptFields):
             raise ValueError(f"min_inner_lr={self.min_inner_lr} > max_inner_lr={self.max_inner_lr}.")
 
     def inner_step_options(self) -> dict[str, Any]:
-        """The step this checkpoint takes on a text, as `inner_update` arguments: one place for training, `absorb`
-        and the evaluation."""
+        """The recorded part of the inner step (`MetaDistillModel.inner_step_options` adds the tokenizer's)."""
         return {
             "steps": self.inner_steps,
             "memory_efficient": self.memory_efficient_inner,

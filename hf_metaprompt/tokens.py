@@ -102,3 +102,32 @@ def target_window(labels: torch.Tensor) -> int:
     if first == 0:
         raise ValueError("A target token sits at position 0, where nothing predicts it.")
     return labels.shape[1] - first + 1
+
+
+# Bits of `word_classes`: the token opens a word (a leading space, punctuation, or a line break); it starts with a
+# capital letter (what counts where it opens a word, or the text).
+OPENS_WORD, CAPITALISED = 1, 2
+# How tokenizers mark a leading space in their pieces: byte-level BPE, SentencePiece.
+_SPACE_MARKS = ("\u0120", "\u2581", " ")
+
+
+def word_classes(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """`OPENS_WORD | CAPITALISED` bits of every vocabulary id: what the entity-preserving reversal
+    (`inner.reversed_tokens`) needs to cut a text into words and keep a name's words together.
+
+    A piece continues the previous word when it has no leading space and starts with a letter or digit (a word
+    split into several tokens); punctuation is a word of its own.
+    """
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    classes = []
+    for piece in pieces:
+        text = tokenizer.convert_tokens_to_string([piece]) if piece else ""
+        visible = text.lstrip()
+        opens = piece.startswith(_SPACE_MARKS) or text[:1].isspace() or not visible[:1].isalnum() if piece else True
+        classes.append(OPENS_WORD * opens + CAPITALISED * visible[:1].isupper())
+    return torch.tensor(classes, dtype=torch.long)
+
+
+def reversal_word_classes(tokenizer: PreTrainedTokenizerBase, unit: str) -> torch.Tensor | None:
+    """What a `MetaDistillModel` with `reversed_context_unit=unit` needs of its tokenizer (nothing for 'token')."""
+    return word_classes(tokenizer) if unit == "entity" else None

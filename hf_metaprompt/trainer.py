@@ -33,7 +33,7 @@ from .config import MetaDistillConfig
 from .hub import DEFAULT_TAGS, PAPER, TRAINER_NAME, local_path_or_repo_id, write_checkpoint_card
 from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
-from .tokens import pad_token_id
+from .tokens import pad_token_id, reversal_word_classes
 from .validation import position_limit, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class MetaDistillTrainer(Trainer):
             teacher=teacher,
             pad_token_id=pad_token_id(processing_class),
             eos_token_id=processing_class.eos_token_id,
+            word_classes=reversal_word_classes(processing_class, args.reversed_context_unit),
         )
         if data_collator is None:
             data_collator = PromptTargetCollator.from_settings(processing_class, args)

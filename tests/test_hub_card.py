@@ -245,6 +245,25 @@ def test_the_card_says_where_the_targets_come_from(weight, says, never):
     assert never not in text
 
 
+@pytest.mark.parametrize(
+    ("reversal", "says"),
+    [
+        ({}, "one gradient step on the language-modeling loss of that text, and"),
+        (
+            {"reversed_context_weight": 0.5},
+            "of that text plus 0.5 times that of the text read backwards, token by token, and",
+        ),
+        (
+            {"reversed_context_weight": 1.0, "reversed_context_unit": "entity"},
+            "of that text plus 1 times that of the text read backwards, word by word, each name kept whole, and",
+        ),
+    ],
+)
+def test_the_card_says_what_absorb_minimises(reversal, says):
+    card = build_model_card(**_card_kwargs(inner_settings={**INNER_SETTINGS, **reversal}))
+    assert says in " ".join(card.text.split())
+
+
 def test_shipped_tiny_base_is_not_linked_and_local_cards_load_their_folder(tmp_path, caplog):
     """A card links only what exists on the Hub, and its usage code loads what it describes."""
     from hf_metaprompt.assets import TINY_BASE_ID

@@ -15,12 +15,13 @@ from hf_metaprompt import MetaDistillModel, MetaPromptSettings, PromptTargetColl
 TOKENIZER_BOS = {"llama": True, "gpt2": False, "qwen2": False}
 
 
-def build(arch="llama", attn="sdpa", dtype=torch.float64, inner_params="lora", **settings):
+def build(arch="llama", attn="sdpa", dtype=torch.float64, inner_params="lora", word_classes=None, **settings):
     base = tiny_model(arch, attn, dtype=dtype)
     options = {"inner_lr": 0.3, "min_inner_lr": 1e-3, "max_inner_lr": 10.0, "inner_params": inner_params, **settings}
+    ids = {"pad_token_id": 0, "eos_token_id": 2, "word_classes": word_classes}
     if inner_params == "all":
         teacher = copy.deepcopy(base)
-        meta = MetaDistillModel(base, MetaPromptSettings(**options), teacher=teacher, pad_token_id=0, eos_token_id=2)
+        meta = MetaDistillModel(base, MetaPromptSettings(**options), teacher=teacher, **ids)
     else:
         # GPT-2's Conv1D layers store the weight transposed: say so, as the trainer does (PEFT would warn and fix it).
         lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", fan_in_fan_out=arch == "gpt2")
@@ -30,7 +31,7 @@ def build(arch="llama", attn="sdpa", dtype=torch.float64, inner_params="lora", *
             for name, param in peft_model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.3)
-        meta = MetaDistillModel(peft_model, MetaPromptSettings(**options), pad_token_id=0, eos_token_id=2)
+        meta = MetaDistillModel(peft_model, MetaPromptSettings(**options), **ids)
     meta.to(dtype)  # the inner learning rates too, for exact finite differences
     meta.eval()
     return meta

@@ -128,21 +128,27 @@ def test_save_pretrained_round_trip(checkpoint, tmp_path):
     assert torch.equal(student_logits(copy.absorb(TEXTS[0])), student_logits(model.absorb(TEXTS[0])))
 
 
-def test_full_rank_inner_checkpoint_loads_and_absorbs_like_training(checkpoint, tmp_path):
-    """`inner_params="base"` saves a PEFT adapter (the outer-trained part) like "lora" does, and must load from it."""
+@pytest.mark.parametrize(
+    "options",
+    [{"inner_params": "base"}, {"reversed_context_weight": 0.5, "reversed_context_unit": "entity"}],
+    ids=["full-rank inner step", "entity-reversed inner loss"],
+)
+def test_checkpoint_loads_and_absorbs_like_training(checkpoint, tmp_path, options):
+    """`inner_params="base"` saves a PEFT adapter (the outer-trained part) like "lora" does, and must load from it;
+    an entity-reversed inner loss must find its words again in the saved tokenizer."""
     tokenizer = _tokenizer(bos=True)
     from transformers import AutoModelForCausalLM
 
     trainer = MetaDistillTrainer(
         model=AutoModelForCausalLM.from_pretrained(checkpoint[1]),
-        args=config(tmp_path, max_steps=2, inner_params="base"),
+        args=config(tmp_path, max_steps=2, **options),
         train_dataset=toy_dataset(8, seed=0),
         processing_class=tokenizer,
     )
     trainer.train()
-    trainer.save_model(str(tmp_path / "base_inner"))
-    model = MetaPromptModel.from_pretrained(tmp_path / "base_inner")
-    assert model.settings.inner_params == "base"
+    trainer.save_model(str(tmp_path / "meta"))
+    model = MetaPromptModel.from_pretrained(tmp_path / "meta")
+    assert {name: getattr(model.settings, name) for name in options} == options
     assert model.meta.inner_lr_dict() == pytest.approx(trainer.meta_model.inner_lr_dict())
     trainer.meta_model.eval()
     reference = MetaPromptModel(trainer.meta_model, tokenizer)

@@ -11,6 +11,8 @@ from hf_metaprompt.settings import INNER_PARAMS, MetaPromptFields
 
 SHARED = list(fields(MetaPromptFields))
 CHECKPOINT_ONLY = {"base_model", "inner_lrs", "log_inner_lrs"}  # filled when saving, not training arguments
+# Fields whose other value means something only with another field set (refused alone).
+NEEDS = {"reversed_context_unit": {"reversed_context_weight": 1.0}}
 
 
 def other_value(spec):
@@ -47,12 +49,14 @@ def test_config_defaults_are_the_settings_defaults(tmp_path):
 @pytest.mark.parametrize("spec", SHARED, ids=lambda spec: spec.name)
 def test_every_field_reaches_the_saved_settings_and_the_command_line(tmp_path, spec):
     value = other_value(spec)
-    config = MetaDistillConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **{spec.name: value})
+    needs = NEEDS.get(spec.name, {})
+    config = MetaDistillConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **needs, **{spec.name: value})
     assert getattr(config.to_settings(), spec.name) == value
     config.to_settings().save(tmp_path)  # metaprompt_config.json
     assert getattr(MetaPromptSettings.load(tmp_path), spec.name) == value
+    flags = [f"--{name}={needed}" for name, needed in needs.items()]
     (parsed,) = HfArgumentParser(MetaDistillConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--per_device_train_batch_size", "8", f"--{spec.name}", str(value)]
+        ["--output_dir", str(tmp_path), "--per_device_train_batch_size", "8", *flags, f"--{spec.name}", str(value)]
     )
     assert getattr(parsed, spec.name) == value
 
