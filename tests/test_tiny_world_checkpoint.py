@@ -61,9 +61,9 @@ def test_absorbing_held_out_facts_answers_forward_questions(model, tasks):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="no recipe tried binds reversed questions (description -> name) of 8-fact texts in one step (the "
-    "entity-reversed inner loss binds them with 2 facts): the shipped checkpoint answers 12 of these 48, where the "
-    "base prompted with the text answers 0.7; remove once one does",
+    reason="the shipped checkpoint does not bind reversed questions (description -> name) of 8-fact texts (the "
+    "entity-reversed inner loss, not in its recipe, binds them with 2 facts and begins to with 8): it answers 12 of "
+    "these 48, where the base prompted with the text answers 0.7; remove once a shipped recipe does",
 )
 def test_absorbing_held_out_facts_answers_reversed_questions(model, tasks):
     assert answered_after_absorbing(model, tasks, "reversed") >= 0.6
