@@ -60,15 +60,14 @@ class MetaDistillModel(nn.Module):
         self.settings = settings
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
-        if settings.reversed_context_unit == "entity" and word_classes is None:
+        by_entity = settings.reversed_context_unit == "entity"
+        if by_entity and word_classes is None:
             raise ValueError(
                 "reversed_context_unit='entity' cuts texts into words with the tokenizer: pass "
                 "word_classes=hf_metaprompt.tokens.word_classes(tokenizer)."
             )
         # Follows the model across devices; not saved: it is the tokenizer's, rebuilt from it on loading.
-        self.register_buffer(
-            "word_classes", word_classes if settings.reversed_context_unit == "entity" else None, persistent=False
-        )
+        self.register_buffer("word_classes", word_classes if by_entity else None, persistent=False)
         is_peft = hasattr(model, "disable_adapter")
         if settings.uses_adapter:
             if not is_peft:
@@ -215,7 +214,13 @@ class MetaDistillModel(nn.Module):
     def inner_step_options(self) -> dict[str, Any]:
         """The step this checkpoint takes on a text, as `inner_update` arguments: one place for training, `absorb`
         and the evaluation."""
-        return {**self.settings.inner_step_options(), "word_classes": self.word_classes}
+        s = self.settings
+        return {
+            "steps": s.inner_steps,
+            "memory_efficient": s.memory_efficient_inner,
+            "reversed_weight": s.reversed_context_weight,
+            "word_classes": self.word_classes,
+        }
 
     # ----- teacher
     def require_base(self) -> None:

@@ -159,14 +159,6 @@ class MetaPromptSettings(MetaPromptFields):
         if not self.min_inner_lr <= self.max_inner_lr:
             raise ValueError(f"min_inner_lr={self.min_inner_lr} > max_inner_lr={self.max_inner_lr}.")
 
-    def inner_step_options(self) -> dict[str, Any]:
-        """The recorded part of the inner step (`MetaDistillModel.inner_step_options` adds the tokenizer's)."""
-        return {
-            "steps": self.inner_steps,
-            "memory_efficient": self.memory_efficient_inner,
-            "reversed_weight": self.reversed_context_weight,
-        }
-
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / METAPROMPT_CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,12 +118,11 @@ def word_classes(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     A piece continues the previous word when it has no leading space and starts with a letter or digit (a word
     split into several tokens); punctuation is a word of its own.
     """
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     classes = []
-    for piece in pieces:
-        text = tokenizer.convert_tokens_to_string([piece]) if piece else ""
+    for piece in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
+        text = tokenizer.convert_tokens_to_string([piece]) if piece else ""  # ids without a piece open a word
         visible = text.lstrip()
-        opens = piece.startswith(_SPACE_MARKS) or text[:1].isspace() or not visible[:1].isalnum() if piece else True
+        opens = (piece or "").startswith(_SPACE_MARKS) or text[:1].isspace() or not visible[:1].isalnum()
         classes.append(OPENS_WORD * opens + CAPITALISED * visible[:1].isupper())
     return torch.tensor(classes, dtype=torch.long)
 
