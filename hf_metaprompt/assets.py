@@ -30,13 +30,13 @@ TINY_METAPROMPT_DIR = ASSETS_DIR / "tiny_world_metaprompt"
 def tiny_metaprompt_path() -> Path:
     """The meta-trained tiny-world checkpoint shipped with the package (every weight + `metaprompt_config.json`).
 
-    It is what ``examples/tiny_world_checkpoint.sh`` writes (three meta-training stages, the last two on episodes of
+    It is what ``examples/tiny_world_checkpoint.sh`` writes (five meta-training runs, the last three on episodes of
     several texts), so that absorbing texts works offline in three lines without training first.
     """
     if not (TINY_METAPROMPT_DIR / "metaprompt_config.json").is_file():
         raise FileNotFoundError(
             f"The meta-trained tiny-world checkpoint is missing from {TINY_METAPROMPT_DIR}; rebuild it with "
-            "`bash examples/tiny_world_checkpoint.sh OUTPUT_DIR` and copy OUTPUT_DIR there (without its stage1 and "
-            "stage2 folders)."
+            "`bash examples/tiny_world_checkpoint.sh OUTPUT_DIR` and copy OUTPUT_DIR there (without its stage "
+            "folders)."
         )
     return TINY_METAPROMPT_DIR
