@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Rebuilds the shipped checkpoint, hf_metaprompt/assets/tiny_world_metaprompt, from the embedded base.
 #
-# Five runs of `run_meta.py`, every weight meta-trained (`--inner_params all`) with cross-entropy on the gold answers
+# Six runs of `run_meta.py`, every weight meta-trained (`--inner_params all`) with cross-entropy on the gold answers
 # (`--answer_loss_weight 1`) and the text read backwards by entity added to the inner loss (`--reversed_context_weight
 # 1 --reversed_context_unit entity`: the step learns to predict a name from its description, which reversed questions
 # ask for); each run after the first is `--init_from` the one before:
 #   1. 1,600 steps on one text per episode, then 600 more with a fresh schedule (the two runs that found the recipe,
 #      kept as they were run): the step learns to bind a text's facts to its people, in both directions;
 #   2. 1,600 steps on episodes of 1-4 texts absorbed one after another;
-#   3. 800 steps on episodes of 1-16 texts, then 800 more with a fresh schedule: 16 texts held.
-# About 2 h 40 min on the 2-core CPU machine, each run with another beside it (stage 1: 48 + 10, stage 2: 38, stage 3:
-# 22 + 23, each of the two followed by every evaluation condition: 8);
+#   3. 800 steps on episodes of 1-16 texts, then 800 more with a fresh schedule: 16 texts held;
+#   4. 800 more steps of stage 3 with the backwards reading weighted twice (`--reversed_context_weight 2`): reversed
+#      questions held better after many texts.
+# About 3 h 10 min on the 2-core CPU machine, each run with another beside it (stage 1: 48 + 10, stage 2: 38, stage 3:
+# 22 + 23, stage 4: 21, each of the last three followed by every evaluation condition: 8);
 # the 10-minute default (`accelerate launch examples/run_meta.py`) is the short LoRA recipe. Floating-point results
 # depend on the device and the thread count: the shipped checkpoint was made on the 2-core CPU machine with one thread,
 # two for the 600-step continuation (as below).
@@ -35,4 +37,8 @@ python examples/run_meta.py --init_from "$OUT/stage2" --inner_params all --learn
     --output_dir "$OUT/stage3"
 python examples/run_meta.py --init_from "$OUT/stage3" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
     --reversed_context_weight 1 --reversed_context_unit entity --text_composition sequential --vary_texts_per_episode \
+    --texts_per_episode 16 --max_steps 800 --per_device_eval_batch_size 16 --texts_absorbed 1 2 4 8 16 \
+    --output_dir "$OUT/stage3b"
+python examples/run_meta.py --init_from "$OUT/stage3b" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
+    --reversed_context_weight 2 --reversed_context_unit entity --text_composition sequential --vary_texts_per_episode \
     --texts_per_episode 16 --max_steps 800 --per_device_eval_batch_size 16 --texts_absorbed 1 2 4 8 16 --output_dir "$OUT"

@@ -30,7 +30,7 @@ TINY_METAPROMPT_DIR = ASSETS_DIR / "tiny_world_metaprompt"
 def tiny_metaprompt_path() -> Path:
     """The meta-trained tiny-world checkpoint shipped with the package (every weight + `metaprompt_config.json`).
 
-    It is what ``examples/tiny_world_checkpoint.sh`` writes (five meta-training runs, the last three on episodes of
+    It is what ``examples/tiny_world_checkpoint.sh`` writes (six meta-training runs, the last four on episodes of
     several texts), so that absorbing texts works offline in three lines without training first.
     """
     if not (TINY_METAPROMPT_DIR / "metaprompt_config.json").is_file():
