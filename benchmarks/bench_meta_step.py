@@ -93,6 +93,10 @@ class BenchmarkArguments:
         default="sequential",
         metadata={"help": "How an episode's texts combine.", "choices": ["sequential", "additive"]},
     )
+    second_order_texts: int | None = field(
+        default=None,
+        metadata={"help": "Also time the truncated meta-step: second order through the last K texts of an episode."},
+    )
     context_length: int = field(default=512, metadata={"help": "Context tokens per task."})
     context_lengths: list[int] | None = field(
         default=None,
@@ -199,7 +203,7 @@ def make_batch(
 def benchmark_steps(
     meta: MetaDistillModel, batch: dict[str, torch.Tensor], args: BenchmarkArguments, device: torch.device
 ) -> dict[str, Callable[[], None]]:
-    """The four steps, each a closure over the library's real code path."""
+    """The steps to time, each a closure over the library's real code path."""
 
     def forward_context() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16_autocast)
@@ -219,10 +223,13 @@ def benchmark_steps(
         with forward_context():
             meta.teacher_logits(teacher_ids, teacher_mask, target_window(batch["labels"]))
 
-    def meta_step(first_order: bool, memory_efficient: bool = args.memory_efficient_inner) -> Callable[[], None]:
+    def meta_step(
+        first_order: bool, memory_efficient: bool = args.memory_efficient_inner, second_order_texts: int | None = None
+    ) -> Callable[[], None]:
         def step() -> None:
             meta.settings.first_order = first_order
             meta.settings.memory_efficient_inner = memory_efficient
+            meta.settings.second_order_texts = second_order_texts
             with forward_context():
                 loss = meta(**batch).loss
             loss.backward()
@@ -237,6 +244,9 @@ def benchmark_steps(
     }
     if args.reference_inner:
         steps["(e) 2nd order, reference"] = meta_step(first_order=False, memory_efficient=False)
+    if args.second_order_texts is not None:
+        last = args.second_order_texts
+        steps[f"(f) 2nd order, last {last} texts"] = meta_step(first_order=False, second_order_texts=last)
     return steps
 
 

@@ -63,6 +63,10 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             Words and capitals come from the tokenizer (`tokens.word_classes`).
         first_order (`bool`, *optional*, defaults to `False`):
             Treat the inner gradient as a constant (first-order MAML): cheaper, measured clearly worse.
+        second_order_texts (`int` or `None`, *optional*, defaults to `None`):
+            Truncated back-propagation through a sequential episode: second order through the steps on its last K
+            texts, first order through the earlier ones, so the cost of the double backward stops growing with the
+            episode. `None`: second order through every step.
         memory_efficient_inner (`bool`, *optional*, defaults to `True`):
             Compute the second-order inner pass with attention whose backward is recomputed block by block
             (`"sdpa"` models) and the context loss in chunks of tokens through the output head: the same

@@ -75,6 +75,13 @@ class MetaPromptFields:
     first_order: bool = field(
         default=False, metadata={"help": "Detach the inner gradient (first-order MAML): cheaper, usually worse."}
     )
+    second_order_texts: int | None = field(
+        default=None,
+        metadata={
+            "help": "Truncated meta-gradient for sequential episodes: second order through the steps of the last K "
+            "texts only, first order through the earlier ones (cheaper as episodes grow). None: every step."
+        },
+    )
     memory_efficient_inner: bool = field(
         default=True,
         metadata={
@@ -135,7 +142,7 @@ class MetaPromptSettings(MetaPromptFields):
             "max_answer_length",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         rates = {name: getattr(self, name) for name in ("inner_lr", "min_inner_lr", "max_inner_lr")}
         rates.update({f"inner_lrs[{key!r}]": value for key, value in self.inner_lrs.items()})
@@ -145,6 +152,12 @@ class MetaPromptSettings(MetaPromptFields):
         for key, value in self.log_inner_lrs.items():
             if not _is_number(value) or not math.isfinite(value):
                 raise ValueError(f"`log_inner_lrs[{key!r}]` must be a finite number, got {value!r}.")
+        truncation = self.second_order_texts
+        if truncation is not None and not _is_positive_int(truncation):
+            raise ValueError(
+                f"`second_order_texts` must be a positive integer or None, got {truncation!r} (for no second-order "
+                "step at all, set first_order=True)."
+            )
         weight = self.reversed_context_weight
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`reversed_context_weight` must be a finite number >= 0, got {weight!r}.")
@@ -202,6 +215,10 @@ def check_choices(values: MetaPromptFields) -> None:
         value = getattr(values, spec.name)
         if choices is not None and value not in choices:
             raise ValueError(f"`{spec.name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _is_number(value: Any) -> bool:

@@ -16,7 +16,7 @@ from hf_metaprompt import (
     PromptTargetCollator,
 )
 from hf_metaprompt.fast_weights import use_fast_weights
-from hf_metaprompt.inner import inner_update
+from hf_metaprompt.inner import absorb_groups, inner_update
 from hf_metaprompt.losses import distillation_divergence
 from hf_metaprompt.meta_step import causal_logits
 from hf_metaprompt.tokens import IGNORE_INDEX, target_window
@@ -107,6 +107,60 @@ def test_one_text_episode_is_bit_identical_to_the_single_text_step(llama_tokeniz
         assert torch.equal(got, expected)
 
 
+def test_truncated_meta_gradient_is_second_order_through_the_last_texts_only(llama_tokenizer):
+    """`second_order_texts=K`: the steps on an episode's last K texts are second order, the earlier ones first order
+    (and the meta-gradient still reaches the weights they start from)."""
+    meta = build(texts_per_episode=3)
+    contexts = [example["context"] for example in EPISODES[:3]]
+    batch = llama_tokenizer(contexts, return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    params = trainable(meta)
+    probe = [torch.randn_like(t) for t in meta.adapted.initial(1).tensors]
+
+    def meta_gradient(fast) -> list[torch.Tensor]:
+        value = sum((probe_t * t).sum() for probe_t, t in zip(probe, fast.tensors, strict=True))
+        return torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
+
+    def by_hand(first_order_steps: int) -> list[torch.Tensor]:
+        fast, lrs = None, meta.inner_lrs()
+        for position in range(3):
+            fast, _ = inner_update(
+                meta.model, meta.adapted, lrs, ids[position : position + 1], mask[position : position + 1],
+                start=fast, first_order=position < first_order_steps,
+            )  # fmt: skip
+        return meta_gradient(fast)
+
+    def truncated(second_order_texts):
+        lrs = meta.inner_lrs()
+        fast, _ = absorb_groups(meta.model, meta.adapted, lrs, ids, mask, 3, second_order_texts=second_order_texts)
+        return meta_gradient(fast)
+
+    for second_order_texts, first_order_steps in ((None, 0), (3, 0), (5, 0), (2, 1), (1, 2)):
+        for got, expected in zip(truncated(second_order_texts), by_hand(first_order_steps), strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # Each truncation is a different meta-gradient: the positions it detaches are the early ones, not the late.
+    flat = {k: torch.cat([g.reshape(-1) for g in by_hand(k)]) for k in range(4)}
+    for k in range(3):
+        assert torch.linalg.vector_norm(flat[k] - flat[k + 1]) > 1e-3 * torch.linalg.vector_norm(flat[0])
+
+
+def test_truncated_episode_meta_step(llama_tokenizer):
+    """Through the trainer's meta-step: K >= T is the full meta-gradient bit for bit; K < T lies between it and first
+    order."""
+    meta = build(texts_per_episode=2)
+    batch = episode_batch(llama_tokenizer)
+    full = flat_grad(meta, batch)
+    meta.settings.second_order_texts = 2
+    assert torch.equal(flat_grad(meta, batch), full)
+    meta.settings.second_order_texts = 1
+    truncated = flat_grad(meta, batch)
+    meta.settings.second_order_texts, meta.settings.first_order = None, True
+    first_order = flat_grad(meta, batch)
+    scale = torch.linalg.vector_norm(full)
+    assert torch.linalg.vector_norm(truncated - full) > 0.01 * scale
+    assert torch.linalg.vector_norm(truncated - first_order) > 0.01 * scale
+
+
 def test_episode_errors_are_clear(llama_tokenizer):
     with pytest.raises(ValueError, match="cannot hold one episode of texts_per_episode=4"):
         episode_batch(llama_tokenizer, EPISODES[:3], texts=4)
@@ -119,6 +173,8 @@ def test_episode_errors_are_clear(llama_tokenizer):
         MetaDistillConfig("out", text_composition="additive", inner_steps=2)
     with pytest.raises(ValueError, match="text_composition"):
         MetaDistillConfig("out", text_composition="bogus")
+    with pytest.raises(ValueError, match="`second_order_texts` must be a positive integer or None, got 0"):
+        MetaDistillConfig("out", second_order_texts=0)
     meta = build(texts_per_episode=2)
     batch = PromptTargetCollator(llama_tokenizer)(EPISODES[:3])
     with pytest.raises(ValueError, match="not a multiple of texts_per_episode=2"):

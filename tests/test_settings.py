@@ -30,6 +30,8 @@ def other_value(spec):
         return default / 2
     if isinstance(default, str):
         return default + "|"
+    if default is None and "int" in str(spec.type):  # `int | None`, as declared or as resolved by a parser
+        return 3
     raise AssertionError(f"add a case for {spec.name}: {type(default).__name__}")
 
 
