@@ -158,6 +158,11 @@ class MetaPromptSettings(MetaPromptFields):
                 f"`second_order_texts` must be a positive integer or None, got {truncation!r} (for no second-order "
                 "step at all, set first_order=True)."
             )
+        if truncation is not None and self.text_composition != "sequential":
+            raise ValueError(
+                f"`second_order_texts` truncates sequential episodes; text_composition={self.text_composition!r} "
+                "takes one step on all texts at once. Leave second_order_texts=None."
+            )
         weight = self.reversed_context_weight
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`reversed_context_weight` must be a finite number >= 0, got {weight!r}.")

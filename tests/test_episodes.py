@@ -115,6 +115,7 @@ def test_truncated_meta_gradient_is_second_order_through_the_last_texts_only(lla
     batch = llama_tokenizer(contexts, return_tensors="pt", padding=True)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     params = trainable(meta)
+    torch.manual_seed(0)
     probe = [torch.randn_like(t) for t in meta.adapted.initial(1).tensors]
 
     def meta_gradient(fast) -> list[torch.Tensor]:
@@ -145,7 +146,7 @@ def test_truncated_meta_gradient_is_second_order_through_the_last_texts_only(lla
 
 
 def test_truncated_episode_meta_step(llama_tokenizer):
-    """Through the trainer's meta-step: K >= T is the full meta-gradient bit for bit; K < T lies between it and first
+    """Through the trainer's meta-step: K >= T is the full meta-gradient bit for bit; K < T is neither it nor first
     order."""
     meta = build(texts_per_episode=2)
     batch = episode_batch(llama_tokenizer)
@@ -175,6 +176,8 @@ def test_episode_errors_are_clear(llama_tokenizer):
         MetaDistillConfig("out", text_composition="bogus")
     with pytest.raises(ValueError, match="`second_order_texts` must be a positive integer or None, got 0"):
         MetaDistillConfig("out", second_order_texts=0)
+    with pytest.raises(ValueError, match="truncates sequential episodes; text_composition='additive'"):
+        MetaDistillConfig("out", second_order_texts=2, text_composition="additive")
     meta = build(texts_per_episode=2)
     batch = PromptTargetCollator(llama_tokenizer)(EPISODES[:3])
     with pytest.raises(ValueError, match="not a multiple of texts_per_episode=2"):
