@@ -208,6 +208,7 @@ def absorb_groups(
     attention_mask: torch.Tensor,
     group: int,
     composition: str = "sequential",
+    first_order: bool = False,
     second_order_texts: int | None = None,
     **step_kwargs,
 ) -> tuple[FastWeights, torch.Tensor]:
@@ -215,7 +216,8 @@ def absorb_groups(
 
     `composition="sequential"`: the contexts one after another, each step from the weights the previous one left;
     `"additive"`: one step on their summed loss from the shared weights. Returns the fast weights and the first-step
-    loss of every context, in row order. `step_kwargs` go to `inner_update` (steps, create_graph, first_order, ...).
+    loss of every context, in row order. `first_order` and `step_kwargs` (steps, create_graph, ...) go to
+    `inner_update`.
     `second_order_texts=K` truncates the sequential meta-gradient: the steps on all but the last K contexts are first
     order (their gradients constants; the meta-gradient still reaches the weights they started from), so the
     double backward's cost stops growing with the episode.
@@ -224,11 +226,17 @@ def absorb_groups(
         raise ValueError(f"{input_ids.shape[0]} contexts do not split into groups of {group}.")
     if group == 1 or composition == "additive":
         fast_weights, losses = inner_update(
-            model, modules, inner_lrs, input_ids, attention_mask, rows_per_task=group, **step_kwargs
+            model,
+            modules,
+            inner_lrs,
+            input_ids,
+            attention_mask,
+            first_order=first_order,
+            rows_per_task=group,
+            **step_kwargs,
         )
         return fast_weights.for_rows(group), losses
     fast_weights, losses = None, []
-    first_order = step_kwargs.pop("first_order", False)
     truncated = group - second_order_texts if second_order_texts is not None else 0
     for position in range(group):
         rows = slice(position, None, group)  # the position-th context of every group

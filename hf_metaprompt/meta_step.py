@@ -206,7 +206,7 @@ class MetaDistillModel(nn.Module):
             context_attention_mask,
             texts,
             self.settings.text_composition,
-            self.settings.second_order_texts,
+            second_order_texts=self.settings.second_order_texts,
             create_graph=torch.is_grad_enabled(),
             first_order=self.settings.first_order,
             **self.inner_step_options(),
