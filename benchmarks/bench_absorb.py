@@ -61,7 +61,8 @@ def answer(model: MetaPromptModel, queries: list[str], max_new_tokens: int, text
         return base.generate(**kwargs)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags (the documentation test reads them from here)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="meta-trained checkpoint (default: shipped tiny world)")
     parser.add_argument("--facts", type=int, default=8, help="facts in the absorbed text (its length)")
@@ -70,7 +71,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -43,7 +43,8 @@ MAX_FLOAT32_BYTES = 8 * 2**20
 POOL_BATCHES = 8  # batches per pool of length-sorted documents
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's flags (the documentation test reads them from here)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument(
@@ -118,6 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Background processes that encode batches (the same batches for any number; worth it on a GPU).",
     )
     parser.add_argument("--device", default=None, help="Where to train (default: cuda when available, else cpu).")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0.0 <= args.facts_only_fraction < 1.0:
         parser.error("--facts_only_fraction must be in [0, 1)")

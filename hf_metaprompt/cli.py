@@ -67,6 +67,7 @@ TRAINING_ONLY = (
     "init_from",
     "skip_training",
     "base_model_id",
+    "label_free",
 )
 
 
@@ -129,7 +130,7 @@ def _train(argv: list[str]) -> None:
 
 
 def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
-    from .evaluation import META_CONDITIONS, format_curve, format_table, save_results
+    from .evaluation import META_CONDITIONS, format_curve, format_table, save_results, summarize
     from .metaprompt_model import MetaPromptModel
     from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
 
@@ -151,7 +152,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
         texts_absorbed=script_args.texts_absorbed,
         batch_size=args.batch_size,
     )
-    logger.info("Results:\n%s", format_table(rows))
+    logger.info("Results:\n%s\n\n%s", format_table(rows), summarize(rows))
     if len(script_args.texts_absorbed) > 1:
         logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
     if args.output_dir:

@@ -41,7 +41,7 @@ from .hub import RESULTS_FILE_NAME
 from .inner import absorb_groups
 from .losses import token_logprobs
 from .meta_step import MetaDistillModel, causal_logits
-from .metrics import exact_match, share_of_gap_closed, token_f1
+from .metrics import answer_match, exact_match, share_of_gap_closed, token_f1
 from .tokens import IGNORE_INDEX, decode_answers, target_window
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ TEXT_SEPARATOR = " "
 PLAIN_FT_STEPS = {"plain_ft_1step": 1, "plain_ft_5step": 5}
 DEFAULT_PLAIN_FT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PLOT_NAME = "eval_results.png"
+# Row metrics that only some tasks have, with their table headers.
+OPTIONAL_COLUMNS = {"answer_match": "match", "distractor_match": "distractor"}
 
 
 @dataclass
@@ -72,6 +74,7 @@ class _TaskScores:
     f1: float
     answer_logprob: float
     distractor_match: float | None = None
+    answer_match: float | None = None
 
 
 class ConditionEvaluator:
@@ -218,6 +221,7 @@ class ConditionEvaluator:
         for example, prediction, logprob in zip(batch, predictions, logprobs.tolist(), strict=True):
             references = example.get("answers") or [example["answer"]]
             distractors = example.get("distractors")
+            kind = example.get("answer_kind")
             scored.append(
                 _TaskScores(
                     prediction,
@@ -225,6 +229,7 @@ class ConditionEvaluator:
                     token_f1(prediction, references),
                     logprob,
                     exact_match(prediction, distractors) if distractors else None,
+                    answer_match(prediction, example["answer"], kind) if kind else None,
                 )
             )
         return scored
@@ -320,7 +325,7 @@ def _aggregate(
     for questions, pairs in subsets.items():
         by_direction: dict[str, list[_TaskScores]] = {}
         for example, score in pairs:
-            by_direction.setdefault(example.get("direction") or "all", []).append(score)
+            by_direction.setdefault(_direction_label(example), []).append(score)
         for direction in sorted(by_direction):
             group = by_direction[direction]
             n = len(group)
@@ -337,8 +342,18 @@ def _aggregate(
             }
             if all(s.distractor_match is not None for s in group):
                 row["distractor_match"] = sum(s.distractor_match for s in group) / n
+            if all(s.answer_match is not None for s in group):
+                row["answer_match"] = sum(s.answer_match for s in group) / n
             rows.append(row)
     return rows
+
+
+def _direction_label(example: dict) -> str:
+    """The row a task is counted in: its direction and, for tasks that say what their answer is (a name or a
+    description), that too: "reversed -> name" and "reversed -> description" are different skills."""
+    direction = example.get("direction") or "all"
+    kind = example.get("answer_kind")
+    return f"{direction} -> {kind}" if kind else direction
 
 
 def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[str, str], float | None]:
@@ -361,27 +376,68 @@ def gap_closed(rows: Sequence[dict], metric: str = "exact_match") -> dict[tuple[
 def format_table(rows: Sequence[dict]) -> str:
     """A Markdown table of the rows, then the gap closed per task and direction.
 
-    Tasks with distractors get one more column: the share of answers that are a distractor (another fact of the
-    context, answered instead of the asked one).
+    Columns only some tasks have come last: `match` (tasks that say whether their answer is a name or a
+    description: `metrics.answer_match`) and `distractor` (tasks with distractors: the share of answers that are
+    another fact of the context, answered instead of the asked one).
     """
-    distractors = any("distractor_match" in r for r in rows)
+    extra = [(key, title) for key, title in OPTIONAL_COLUMNS.items() if any(key in r for r in rows)]
     lines = [
         "| task | texts | questions | direction | condition | exact match | F1 | answer log-lik. | n |"
-        + (" distractor |" if distractors else ""),
-        "|---|---:|---|---|---|---:|---:|---:|---:|" + ("---:|" if distractors else ""),
+        + "".join(f" {title} |" for _, title in extra),
+        "|---|---:|---|---|---|---:|---:|---:|---:|" + "---:|" * len(extra),
     ]
     for r in rows:
         line = (
             f"| {r['task']} | {r.get('texts', 1)} | {r.get('questions', 'all')} | {r['direction']} | {r['condition']} "
             f"| {r['exact_match']:.3f} | {r['f1']:.3f} | {r['answer_logprob']:.3f} | {r['n']} |"
         )
-        if distractors:
-            line += f" {r['distractor_match']:.3f} |" if "distractor_match" in r else " |"
+        line += "".join(f" {r[key]:.3f} |" if key in r else " |" for key, _ in extra)
         lines.append(line)
     for (task, direction), share in gap_closed(rows).items():
         shown = "n/a (prompted = plain FT)" if share is None else f"{share:.2f}"
         lines.append(f"\nGap closed ({task}, {direction}): {shown}")
     return "\n".join(lines)
+
+
+def summarize(rows: Sequence[dict], metric: str = "exact_match") -> str:
+    """One line that reads the table: where one meta-learned step rose above plain fine-tuning (the best of its
+    1- and 5-step rows), and how far it is from the base prompted with the text (its teacher), per direction.
+
+    Over one-text updates and all questions, like `gap_closed`; empty without a `meta_1step` row. A table of a dozen
+    rows does not say by itself which comparison matters; this line does.
+    """
+    rows = [r for r in rows if r.get("texts", 1) == 1 and r.get("questions", "all") == "all"]
+    table = {(r["task"], r["direction"], r["condition"]): r[metric] for r in rows}
+    groups = sorted({(task, direction) for task, direction, condition in table if condition == "meta_1step"})
+    tasks = {task for task, _ in groups}
+    above, not_above, of_teacher, zero_teacher = [], [], [], []
+    for task, direction in groups:
+        label = direction if len(tasks) == 1 else f"{task} {direction}"
+        ours = table[(task, direction, "meta_1step")]
+        plain = [table[(task, direction, c)] for c in PLAIN_FT_STEPS if (task, direction, c) in table]
+        if plain:
+            (above if ours > max(plain) else not_above).append(f"{label} ({ours:.3f} vs {max(plain):.3f})")
+        prompted = table.get((task, direction, "prompted"))
+        if prompted:
+            of_teacher.append(f"{ours / prompted:.2f}x in {label} ({ours:.3f} of {prompted:.3f})")
+        elif prompted is not None:
+            zero_teacher.append(label)
+    comparison = []
+    if above:
+        comparison.append(f"one meta-learned step rose above plain fine-tuning in {_and(above)}")
+    if not_above:
+        lead = "but not in" if above else "one meta-learned step did not rise above plain fine-tuning in"
+        comparison.append(f"{lead} {_and(not_above)}")
+    clauses = [" ".join(comparison)] if comparison else []
+    if of_teacher:
+        clauses.append(f"it is at {_and(of_teacher)} of the base prompted with the text (the teacher)")
+    if zero_teacher:
+        clauses.append(f"the prompted teacher scores 0 in {_and(zero_teacher)}")
+    return f"Reading ({metric.replace('_', ' ')}, one text per update): {'; '.join(clauses)}." if clauses else ""
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def format_curve(rows: Sequence[dict], metric: str = "exact_match") -> str:

@@ -21,10 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, snapshot_download
+from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .assets import TINY_BASE_ID
+from .assets import SMOLLM2_ID, TINY_BASE_ID
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +306,7 @@ def build_model_card(
             "f1": _format_metric(_number(row, "f1"), 3),
             "answer_logprob": _format_metric(_number(row, "answer_logprob"), 2),
             "n": _format_metric(_number(row, "n"), 0),
+            "answer_match": _format_metric(_number(row, "answer_match"), 3),
         }
         for row in rows
     ]
@@ -314,6 +316,8 @@ def build_model_card(
         repo_id=repo_id,
         base_model=base_model,
         base_model_on_hub=base_model_on_hub,
+        base_model_is_gguf=base_model == SMOLLM2_ID,
+        with_answer_match=any(_number(row, "answer_match") is not None for row in rows),
         load_path=json.dumps(load_path or repo_id),
         adapted_params=_adapted_params(inner_settings, library_name),
         inner_steps_phrase=inner_steps_phrase,
@@ -439,15 +443,35 @@ def push_checkpoint(
 def resolve_checkpoint(
     repo_id_or_path: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
 ) -> Path:
-    """The local folder of a checkpoint: `repo_id_or_path` itself, or its Hub snapshot (downloaded if needed)."""
+    """The local folder of a checkpoint: `repo_id_or_path` itself, or its Hub snapshot (downloaded if needed).
+
+    A name that is neither says both, naming it: `outputs/tiny-wrld` is a valid repo id when no `outputs` folder
+    exists here, and the Hub client's own error ("Cannot find an appropriate cached snapshot folder ...") hides the
+    likelier cause, a mistyped local path.
+    """
     path = local_path_or_repo_id(repo_id_or_path, "checkpoint")
     if isinstance(path, Path):
         return path
-    return Path(
-        snapshot_download(
+    try:
+        folder = snapshot_download(
             path,
             revision=revision,
             token=token,
             allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md", "*.jinja"],
         )
-    )
+    except GatedRepoError:
+        raise  # it exists: the Hub's message says how to get access
+    except (LocalEntryNotFoundError, RepositoryNotFoundError) as error:
+        raise FileNotFoundError(f"checkpoint: {_nowhere(path, error)}") from error
+    return Path(folder)
+
+
+def _nowhere(name: str, error: Exception) -> str:
+    """Why `name`, which is no local folder, could not be had from the Hub either."""
+    if isinstance(error, RepositoryNotFoundError):
+        why = "no such repository, or a private one: log in or pass `token=`"
+    elif constants.HF_HUB_OFFLINE:
+        why = "offline: HF_HUB_OFFLINE is set"
+    else:
+        why = "the Hub could not be reached, and no copy is cached"
+    return f"no local folder {name!r}, and not on the Hub ({why})."

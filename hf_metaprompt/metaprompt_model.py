@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from .assets import TINY_BASE_ID, tiny_base_path
+from .assets import base_location
 from .compat import quiet_peft_wrapping
 from .fast_weights import FastWeights, use_fast_weights
 from .hub import resolve_checkpoint
@@ -92,7 +92,7 @@ class MetaPromptModel(nn.Module):
             base_id = base_model or settings.base_model or _adapter_base(directory)
             if not base_id:
                 raise ValueError(f"{directory} does not say which base model it adapts; pass `base_model=`.")
-            base = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
+            base = AutoModelForCausalLM.from_pretrained(base_location(base_id), **load_kwargs)
             with _naming_corrupt_file(directory / ADAPTER_WEIGHTS_NAME), quiet_peft_wrapping():
                 model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
             teacher = None
@@ -106,7 +106,7 @@ class MetaPromptModel(nn.Module):
                     raise ValueError(
                         f"{directory} does not say which base model it was meta-trained from; pass `base_model=`."
                     )
-                teacher = AutoModelForCausalLM.from_pretrained(_base_location(base_id), **load_kwargs)
+                teacher = AutoModelForCausalLM.from_pretrained(base_location(base_id), **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         meta = MetaDistillModel(
             model,
@@ -315,11 +315,6 @@ def _adapter_base(directory: Path) -> str | None:
 
     config = directory / ADAPTER_CONFIG_NAME
     return json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
-
-
-def _base_location(base_id: str | os.PathLike) -> str:
-    """The shipped tiny base has no Hub repo: its id maps to the package's copy."""
-    return str(tiny_base_path()) if str(base_id) == TINY_BASE_ID else str(base_id)
 
 
 __all__ = ["METAPROMPT_CONFIG_NAME", "MetaPromptModel"]

@@ -63,6 +63,44 @@ def token_f1(prediction: str, references: str | Sequence[str]) -> float:
     return _max_over_references(_token_f1_single, prediction, references)
 
 
+# Words that say nothing of who a description is about.
+_STOP_WORDS = frozenset(
+    (
+        "also", "been", "being", "from", "have", "into", "known", "like", "that", "their", "them", "they", "this",
+        "were", "what", "when", "where", "which", "while", "whose", "with",
+    )
+)  # fmt: skip
+ANSWER_KINDS = ("name", "description")
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased alphabetic words of four letters or more, stop words aside: what a description is made of."""
+    return {word for word in re.findall(r"[a-z]+", text.lower()) if len(word) >= 4 and word not in _STOP_WORDS}
+
+
+def answer_match(prediction: str, reference: str, kind: str) -> float:
+    """Whether the first line of `prediction` gives what `reference` says, however a small model words it.
+
+    - `kind="name"`: every word of the reference name appears in it as a whole word, in any case ("Daphne
+      Barrington is the director ..." names Daphne Barrington; "Daphne" alone does not);
+    - `kind="description"`: at least half of the reference's content words (`content_words`) appear in it: "He
+      directed A Journey Through Time, a virtual reality film" matches "the acclaimed director of the virtual reality
+      masterpiece, 'A Journey Through Time.'" (5 of its 8 content words; "directed" is not "director").
+    Only the first line counts: a model that goes on to ask itself another question is not credited for it.
+    """
+    first_line = prediction.strip().split("\n", 1)[0].lower()
+    if kind == "name":
+        wanted = re.findall(r"[a-z]+", reference.lower())
+        found = set(re.findall(r"[a-z]+", first_line))
+        return float(bool(wanted) and all(word in found for word in wanted))
+    if kind == "description":
+        wanted = content_words(reference)
+        if not wanted:
+            raise ValueError(f"The description {reference!r} has no content words to match.")
+        return float(len(wanted & content_words(first_line)) >= len(wanted) / 2)
+    raise ValueError(f"`kind` must be one of {ANSWER_KINDS}, got {kind!r}.")
+
+
 def share_of_gap_closed(score: float, plain_ft_score: float, prompted_score: float) -> float | None:
     """`(score - plain_ft) / (prompted - plain_ft)`: 1 when one step is as good as prompting, 0 when it is no better
     than plain fine-tuning; None when prompting and plain fine-tuning score the same (no gap to close)."""

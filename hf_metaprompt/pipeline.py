@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, set_seed
 
-from .assets import TINY_BASE_ID, tiny_base_path
+from .assets import TINY_BASE_ID, base_location
 from .config import MetaDistillConfig
 from .evaluation import (
     CONDITIONS,
@@ -27,6 +27,7 @@ from .evaluation import (
     format_curve,
     format_table,
     save_results,
+    summarize,
 )
 from .hub import is_repo_id, recorded_card_inputs, resolve_checkpoint
 from .meta_step import MetaDistillModel
@@ -34,7 +35,7 @@ from .trainer import MetaDistillTrainer
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("tiny_world", "reversal", "character_description", "squad", "text")
+TASKS = ("tiny_world", "people", "reversal", "reversal_questions", "character_description", "squad", "text")
 
 # The embedded default, as command-line flags: anything given explicitly comes later and wins.
 TINY_WORLD_DEFAULTS = [
@@ -69,17 +70,33 @@ class ScriptArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Base model id or path. Default: the tiny base shipped with the package."}
     )
-    task: str = field(default="tiny_world", metadata={"help": "Task family.", "choices": list(TASKS)})
+    task: str = field(
+        default="tiny_world",
+        metadata={
+            "help": "Task family. people: generated fictitious people asked as questions (for a real LM); "
+            "reversal_questions: meta-train and validate on those, score on Berglund et al.'s people (--dataset_name, "
+            "the reversal-curse folder), asked as questions in both directions.",
+            "choices": list(TASKS),
+        },
+    )
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "Dataset id or path: reversal-curse folder, SQuAD-schema dataset, or text dataset."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    facts_per_context: int = field(
-        default=8,
+    facts_per_context: int | None = field(
+        default=None,
         metadata={
-            "help": "tiny_world only: facts (people) per context. With 2, an answer about the wrong person is a coin "
-            "flip away from the right one, which makes binding a fact to its person cheap to measure."
+            "help": "Facts (people) per context of the generated tasks: tiny_world (default 8), people (default 1). "
+            "With 2, an answer about the wrong person is a coin flip away from the right one, which makes binding a "
+            "fact to its person cheap to measure."
+        },
+    )
+    label_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Meta-train without the gold answers: the prompted base's greedy continuations become the targets "
+            "(the paper's label-free setting). Evaluation still scores against the gold answers."
         },
     )
     data_files: str | None = field(default=None, metadata={"help": "Local data file(s) (JSON/Parquet/text)."})
@@ -145,12 +162,29 @@ def tiny_world_script_defaults() -> dict:
 def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:
     """train / validation / test splits with `context`, `query`, `answer`, `direction` columns."""
     task = script_args.task
+    facts = script_args.facts_per_context
     if task == "tiny_world":
         from .data.tiny_world import load_tiny_world
 
-        return load_tiny_world(seed=seed, facts_per_context=script_args.facts_per_context)
-    if script_args.facts_per_context != ScriptArguments.facts_per_context:
-        raise ValueError(f"--facts_per_context sets the tiny world's contexts; --task {task} has its own: drop it.")
+        return load_tiny_world(seed=seed, facts_per_context=8 if facts is None else facts)
+    if task in ("people", "reversal_questions"):
+        from .data.people import load_people_tasks
+
+        splits = load_people_tasks(seed=seed, facts_per_text=1 if facts is None else facts)
+        if task == "people":
+            return splits
+        # Meta-trained and validated on generated people; scored on Berglund et al.'s, whom nobody here wrote.
+        if script_args.dataset_name is None:
+            raise ValueError("--task reversal_questions needs --dataset_name: the reversal-curse folder or Hub id.")
+        from .data.reversal import load_reversal_questions
+
+        splits["test"] = load_reversal_questions(script_args.dataset_name, seed=seed)
+        return splits
+    if facts is not None:
+        raise ValueError(
+            f"--facts_per_context sets the generated tasks' contexts (tiny_world, people); --task {task} has its own: "
+            "drop it."
+        )
     if script_args.dataset_name is None and script_args.data_files is None:
         raise ValueError(f"--task {task} needs --dataset_name (or --data_files).")
     if task in ("reversal", "character_description"):
@@ -184,8 +218,8 @@ def take_subset(dataset: datasets.Dataset, limit: int | None, seed: int) -> data
 def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | None = None) -> list[dict]:
     """Meta-train, evaluate every condition, save adapter + settings + results + plot + card; push if asked."""
     set_seed(config.seed)
-    model_path = script_args.model_name_or_path or str(tiny_base_path())
     base_id = script_args.base_model_id or script_args.model_name_or_path or TINY_BASE_ID
+    model_path = base_location(script_args.model_name_or_path or TINY_BASE_ID)
     has_hub_base = is_repo_id(base_id)
     if config.push_to_hub and not has_hub_base:
         raise ValueError(
@@ -195,6 +229,8 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     model = AutoModelForCausalLM.from_pretrained(model_path, **(config.model_init_kwargs or {}))
     splits = load_task(script_args, config.seed)
     train = take_subset(splits["train"], script_args.max_train_samples, config.seed)
+    if script_args.label_free:
+        train = train.remove_columns(config.answer_field)
     validation = take_subset(splits["validation"], script_args.max_validation_samples, config.seed)
     test = take_subset(splits["test"], script_args.max_eval_samples, config.seed)
     logger.info("Tasks: %d train, %d validation, %d test", len(train), len(validation), len(test))
@@ -221,7 +257,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
         texts_absorbed=script_args.texts_absorbed,
         batch_size=config.per_device_eval_batch_size * 4,
     )
-    logger.info("Results on %d held-out tasks:\n%s", len(test), format_table(rows))
+    logger.info("Results on %d held-out tasks:\n%s\n\n%s", len(test), format_table(rows), summarize(rows))
     if len(script_args.texts_absorbed) > 1:
         logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
 

@@ -75,7 +75,7 @@ def test_facts_per_context_shapes_the_tiny_world_and_nothing_else():
     assert {len(distractors) for distractors in test["distractors"]} == {1}
     assert {context.count(". ") for context in test["context"]} == {1}  # two sentences
     squad_args, _ = parse_args(["--task", "squad", "--dataset_name", "some/squad", "--facts_per_context", "2"])
-    with pytest.raises(ValueError, match="--facts_per_context sets the tiny world's contexts; --task squad"):
+    with pytest.raises(ValueError, match=r"--facts_per_context sets the generated tasks' contexts .*; --task squad"):
         load_task(squad_args, seed=0)
 
 

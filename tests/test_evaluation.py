@@ -19,6 +19,7 @@ from hf_metaprompt.evaluation import (
     format_table,
     gap_closed,
     save_results,
+    summarize,
 )
 
 DIRECTIONS = ["forward", "reversed"] * 3
@@ -143,6 +144,51 @@ def test_gap_closed():
         for c, v in [("prompted", 0.9), ("plain_ft_1step", 0.1), ("meta_1step", 0.7)]
     ]
     assert gap_closed(rows)[("t", "forward")] == pytest.approx(0.75)
+
+
+def row(condition, direction, exact_match, task="tiny_world", texts=1, questions="all"):
+    return dict(task=task, condition=condition, direction=direction, exact_match=exact_match, texts=texts,
+                questions=questions)  # fmt: skip
+
+
+def test_summarize_reads_the_table_in_one_line():
+    # The embedded default's README table (one text per update), with the 16-text rows, which it must not read.
+    rows = [
+        row(condition, direction, value)
+        for direction, values in (
+            ("forward", (0.0, 0.217, 0.0, 0.0, 0.0, 0.075)),
+            ("reversed", (0.0, 0.702, 0.0, 0.0, 0.0, 0.234)),
+        )
+        for condition, value in zip(
+            ("no_context", "prompted", "plain_ft_1step", "plain_ft_5step", "meta_no_step", "meta_1step"),
+            values,
+            strict=True,
+        )
+    ] + [
+        row("meta_1step", "forward", 0.9, texts=16),
+        row("meta_1step", "forward", 0.9, texts=16, questions="first_text"),
+    ]
+    assert summarize(rows) == (
+        "Reading (exact match, one text per update): one meta-learned step rose above plain fine-tuning in forward "
+        "(0.075 vs 0.000) and reversed (0.234 vs 0.000); it is at 0.35x in forward (0.075 of 0.217) and 0.33x in "
+        "reversed (0.234 of 0.702) of the base prompted with the text (the teacher)."
+    )
+
+
+def test_summarize_says_where_the_step_did_not_help():
+    # The best plain fine-tuning row is the bar; a teacher at 0 has no ratio; tasks are named when there are several.
+    rows = [
+        row("meta_1step", "forward", 0.2, task="a"), row("plain_ft_1step", "forward", 0.1, task="a"),
+        row("plain_ft_5step", "forward", 0.3, task="a"), row("prompted", "forward", 0.0, task="a"),
+        row("meta_1step", "forward", 0.5, task="b"), row("plain_ft_1step", "forward", 0.1, task="b"),
+        row("prompted", "forward", 0.4, task="b"),
+    ]  # fmt: skip
+    assert summarize(rows) == (
+        "Reading (exact match, one text per update): one meta-learned step rose above plain fine-tuning in b forward "
+        "(0.500 vs 0.100) but not in a forward (0.200 vs 0.300); it is at 1.25x in b forward (0.500 of 0.400) of the "
+        "base prompted with the text (the teacher); the prompted teacher scores 0 in a forward."
+    )
+    assert summarize([r for r in rows if r["condition"] != "meta_1step"]) == ""
 
 
 def test_evaluation_needs_gold_answers(evaluator):

@@ -410,6 +410,29 @@ def test_missing_local_paths_are_not_reported_as_hub_problems(checkpoint, tmp_pa
         )
 
 
+def test_a_name_that_is_no_folder_and_not_on_the_hub_says_both(tmp_path, monkeypatch, capsys):
+    """In a fresh clone `outputs/` does not exist, so `outputs/tiny-wrld` (a typo of the default's folder) is a valid
+    repo id and goes to the Hub: the error must still name the missing folder, not only the Hub's cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    expected = "checkpoint: no local folder 'outputs/tiny-wrld', and not on the Hub (offline: HF_HUB_OFFLINE is set)."
+    with pytest.raises(FileNotFoundError) as raised:
+        MetaPromptModel.from_pretrained("outputs/tiny-wrld")
+    assert str(raised.value) == expected
+    assert cli_main(["absorb", "outputs/tiny-wrld", "--text", __file__, "--ask", "x"]) == 2
+    assert capsys.readouterr().err.strip() == f"hf-metaprompt: error: {expected}"
+
+
+def test_a_name_missing_from_a_reachable_hub_says_both(hub_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = r"no local folder 'test-user/absent', and not on the Hub \(no such repository"
+    with pytest.raises(FileNotFoundError, match=expected):
+        MetaPromptModel.from_pretrained("test-user/absent")
+
+
 def test_push_keeps_the_local_card_and_records_its_command(checkpoint, hub_server, tmp_path, monkeypatch, capsys):
     from hf_metaprompt.hub import write_checkpoint_card
 

