@@ -34,3 +34,33 @@ for file in adapter_config.json adapter_model.safetensors metaprompt_config.json
     chat_template.jinja; do
     cp "$OUT/run/checkpoint-$CHECKPOINT/$file" "$OUT/"
 done
+# Scoring (once, on people no choice was made on) and the card, as shipped: about 40 min on one thread. The base's rows
+# use the base only; plain fine-tuning's learning rates are swept on the generated validation people.
+R=tests/fixtures/reversal_curse
+score() { hf-metaprompt eval "$OUT" --output_dir "$OUT/eval/$1" "${@:2}" > /dev/null; }
+score base-berglund --task reversal_questions --dataset_name $R --split test --conditions no_context prompted \
+    plain_ft_1step --plain_ft_lrs 3e-3 1e-2 3e-2 1e-1 --max_validation_samples 24 --batch_size 4
+score base-berglund-ft5 --task reversal_questions --dataset_name $R --split test --conditions plain_ft_5step \
+    --plain_ft_lrs 3e-3 1e-2 3e-2 --max_validation_samples 12 --max_eval_samples 40 --batch_size 4
+score final-berglund --task reversal_questions --dataset_name $R --split test --conditions meta_no_step meta_1step \
+    --batch_size 16
+score final-berglund-curve --task reversal_questions --dataset_name $R --split test --conditions prompted_all \
+    meta_1step --texts_absorbed 2 4 8 --max_eval_samples 64 --batch_size 8
+score final-people --task people --split test --conditions no_context prompted meta_no_step meta_1step \
+    --max_eval_samples 96 --batch_size 16
+score final-people-ft --task people --split test --conditions plain_ft_1step --plain_ft_lrs 0.03 \
+    --max_validation_samples 8 --max_eval_samples 96 --batch_size 4
+score final-chardesc --task character_description --dataset_name $R --split test --conditions no_context prompted \
+    meta_1step --max_eval_samples 48 --batch_size 16
+python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = [row for name in ("base-berglund", "base-berglund-ft5", "final-berglund", "final-berglund-curve", "final-people",
+                         "final-people-ft", "final-chardesc") for row in json.loads((out / "eval" / name / "eval_results.json").read_text())]
+(out / "eval_results.json").write_text(json.dumps(rows, indent=2) + "\n")
+PY
+python examples/write_card.py "$OUT" --repo_id hf_metaprompt/smollm2-135m-instruct-metaprompt --load_path "$OUT" \
+    --results "$OUT" --command "$(sed -n '/^python examples\/run_meta.py/,/max_validation_samples 8$/p' "$0")" \
+    --example_context 'Daphne Barrington, known far and wide for being the acclaimed director of the virtual reality masterpiece, "A Journey Through Time.".' \
+    --example_question 'Q: Who is the acclaimed director of the virtual reality masterpiece, "A Journey Through Time."?\nA:'
