@@ -16,6 +16,8 @@ each run of N consecutive tasks shares one state that absorbs their N contexts o
 questions are asked; rows then also report the first text's questions alone (`questions="first_text"`: retention).
 Tasks with a `distractors` column (the answers of the context's other facts, as the tiny world has) add
 `distractor_match`: the share of answers that are one of them, found in the text but bound to the wrong fact.
+Tasks with an `answer_kind` column (`name` / `description`: the people tasks for a real LM) add `answer_match`
+(`metrics.answer_match`, which a small model's own wording does not defeat) and are counted per direction and kind.
 """
 
 from __future__ import annotations

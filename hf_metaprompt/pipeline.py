@@ -229,7 +229,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     model = AutoModelForCausalLM.from_pretrained(model_path, **(config.model_init_kwargs or {}))
     splits = load_task(script_args, config.seed)
     train = take_subset(splits["train"], script_args.max_train_samples, config.seed)
-    if script_args.label_free:
+    if script_args.label_free and config.answer_field in train.column_names:
         train = train.remove_columns(config.answer_field)
     validation = take_subset(splits["validation"], script_args.max_validation_samples, config.seed)
     test = take_subset(splits["test"], script_args.max_eval_samples, config.seed)

@@ -1,7 +1,8 @@
 """Loading helpers shared by the task loaders."""
 
 import os
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 
 import datasets
 
@@ -39,3 +40,22 @@ def require_columns(dataset: datasets.Dataset, columns: Sequence[str]) -> None:
     missing = [column for column in columns if column not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset lacks the column(s) {missing}; it has {dataset.column_names}.")
+
+
+def generated_splits(
+    stream: str,
+    sizes: Mapping[str, int],
+    make_split: Callable[[str, int, random.Random], dict[str, list]],
+    features: datasets.Features,
+) -> datasets.DatasetDict:
+    """The splits of a generated task set: `sizes[split]` tasks each, made by `make_split(split, size, rng)` from the
+    split's own random stream (seeded `f"{stream}/{split}"`), so that one split's size leaves the others unchanged."""
+    for split, size in sizes.items():
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"`num_{split}` must be a non-negative integer, got {size!r}.")
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(make_split(split, size, random.Random(f"{stream}/{split}")), features)
+            for split, size in sizes.items()
+        }
+    )

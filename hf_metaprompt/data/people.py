@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import datasets
 
+from .common import generated_splits
+
 FIRST_NAMES = (
     "Adrian", "Beatrice", "Cecil", "Delphine", "Edmund", "Felicity", "Gareth", "Harriet", "Isidore", "Juniper",
     "Kendrick", "Lavinia", "Mortimer", "Nerissa", "Octavian", "Philippa", "Quincy", "Silas", "Theodora", "Ulysses",
@@ -194,17 +196,10 @@ def load_people_tasks(
     """
     if not isinstance(facts_per_text, int) or facts_per_text < 1:
         raise ValueError(f"`facts_per_text` must be a positive integer, got {facts_per_text!r}.")
-    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-    for split, size in sizes.items():
-        if not isinstance(size, int) or size < 0:
-            raise ValueError(f"`num_{split}` must be a non-negative integer, got {size!r}.")
     world = build_people(seed)
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_dict(
-                _tasks(world[split], size, facts_per_text, random.Random(f"people/{seed}/{split}")),
-                features=FEATURES,
-            )
-            for split, size in sizes.items()
-        }
+    return generated_splits(
+        f"people/{seed}",
+        {"train": num_train, "validation": num_validation, "test": num_test},
+        lambda split, size, rng: _tasks(world[split], size, facts_per_text, rng),
+        FEATURES,
     )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import datasets
 
+from .common import generated_splits
+
 FIRST_NAMES = (
     "Alice", "Bruno", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ingrid", "Jonas",
     "Keiko", "Liam", "Maya", "Nikolai", "Olga", "Pablo", "Quentin", "Rosa", "Sven", "Tara",
@@ -238,19 +240,12 @@ def load_tiny_world(
     leaves validation and test unchanged.
     """
     _check_facts_per_context(facts_per_context)
-    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-    for split, size in sizes.items():
-        if not isinstance(size, int) or size < 0:
-            raise ValueError(f"num_{split} must be a non-negative integer, got {size!r}")
     world = build_world(seed)
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_dict(
-                _split_tasks(world[split], size, facts_per_context, random.Random(f"tiny_world/{seed}/{split}")),
-                features=FEATURES,
-            )
-            for split, size in sizes.items()
-        }
+    return generated_splits(
+        f"tiny_world/{seed}",
+        {"train": num_train, "validation": num_validation, "test": num_test},
+        lambda split, size, rng: _split_tasks(world[split], size, facts_per_context, rng),
+        FEATURES,
     )
 
 
