@@ -27,6 +27,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
+from .assets import base_location
 from .collator import PromptTargetCollator
 from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
@@ -79,7 +80,8 @@ class MetaDistillTrainer(Trainer):
             raise TypeError(f"`args` must be a MetaDistillConfig, got {type(args).__name__}.")
         _check_distributed_support(args)  # before loading weights a ZeRO-3 launch would partition
         if isinstance(model, str):
-            model = str(local_path_or_repo_id(model, "model"))
+            # The ids of the bases this package provides offline (the tiny base, SmolLM2) load their local copies.
+            model = base_location(local_path_or_repo_id(model, "model"))
             processing_class = processing_class or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model, **_init_kwargs(args))
         if processing_class is None:
@@ -380,7 +382,7 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
 def _load_teacher(model: nn.Module, args: MetaDistillConfig) -> nn.Module | None:
     """`None` means: the model itself with its adapter disabled."""
     if args.teacher != "base":
-        location = str(local_path_or_repo_id(args.teacher, "teacher"))
+        location = base_location(local_path_or_repo_id(args.teacher, "teacher"))
         teacher = AutoModelForCausalLM.from_pretrained(location, **_init_kwargs(args))
         if teacher.config.vocab_size != model.config.vocab_size:
             raise ValueError(

@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -109,3 +110,14 @@ def test_the_real_model_loads_and_completes_a_known_fact():
     inputs = tokenizer("The capital of France is", return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert tokenizer.decode(output[0, inputs["input_ids"].shape[1] :]).startswith(" Paris")
+
+
+@needs_smollm2
+def test_the_trainer_takes_the_models_id(tmp_path):
+    from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer
+
+    torch.set_num_threads(1)
+    tasks = [{"context": "Ada Quill is a poet.", "query": "Q: Who is Ada Quill?\nA:", "answer": " a poet"}]
+    config = MetaDistillConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", lora_r=2)
+    trainer = MetaDistillTrainer(model=SMOLLM2_ID, args=config, train_dataset=datasets.Dataset.from_list(tasks))
+    assert trainer.meta_model.model.get_base_model().config.num_hidden_layers == 30
