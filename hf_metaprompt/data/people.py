@@ -101,7 +101,6 @@ DESCRIPTION_QUESTIONS = (
 )
 DIRECTIONS = ("forward", "reversed")
 ANSWER_KINDS = ("name", "description")
-SPLITS = ("train", "validation", "test")
 FEATURES = datasets.Features(
     dict.fromkeys(("context", "query", "answer", "direction", "answer_kind", "person"), datasets.Value("string"))
     | {"distractors": datasets.List(datasets.Value("string"))}
@@ -123,7 +122,11 @@ class Person:
     def question(self, rng: random.Random, answer_kind: str) -> tuple[str, str]:
         """A question and its gold answer (the name, or the description)."""
         templates = NAME_QUESTIONS if answer_kind == "name" else DESCRIPTION_QUESTIONS
-        query = rng.choice(templates).format(name=self.name, description=self.description)
+        return self.ask(rng.choice(templates), answer_kind)
+
+    def ask(self, template: str, answer_kind: str) -> tuple[str, str]:
+        """`template` filled in for this person, and the gold answer: " Name." or " Description." (capitalised)."""
+        query = template.format(name=self.name, description=self.description)
         return query, f" {self.name}." if answer_kind == "name" else f" {_capitalize(self.description)}."
 
     def answer(self, answer_kind: str) -> str:
@@ -132,6 +135,13 @@ class Person:
 
 def _capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def direction_of(answer_kind: str, name_first: bool) -> str:
+    """``forward`` when the question gives the side of the fact its text states first, ``reversed`` otherwise (a
+    question whose answer is the description gives the name)."""
+    gives_name = answer_kind == "description"
+    return DIRECTIONS[gives_name != name_first]
 
 
 def build_people(seed: int = 0, held_out_fraction: float = 0.1) -> dict[str, list[Person]]:
@@ -169,12 +179,10 @@ def _tasks(people: list[Person], num_tasks: int, facts_per_text: int, rng: rando
         answer_kind = rng.choice(ANSWER_KINDS)
         person = members[asked]
         query, answer = person.question(rng, answer_kind)
-        # The question gives the name (answer: description) or the description (answer: the name).
-        gives_name = answer_kind == "description"
         columns["context"].append(" ".join(p.fact(rng, first) for p, first in zip(members, name_first, strict=True)))
         columns["query"].append(query)
         columns["answer"].append(answer)
-        columns["direction"].append(DIRECTIONS[gives_name != name_first[asked]])
+        columns["direction"].append(direction_of(answer_kind, name_first[asked]))
         columns["answer_kind"].append(answer_kind)
         columns["person"].append(person.name)
         columns["distractors"].append([p.answer(answer_kind) for p in members if p is not person])

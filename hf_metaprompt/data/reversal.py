@@ -16,6 +16,8 @@ from typing import Literal
 
 import datasets
 
+from .people import DESCRIPTION_QUESTIONS, NAME_QUESTIONS, Person, direction_of
+
 logger = logging.getLogger(__name__)
 
 _GROUPS = ("p2d", "d2p")
@@ -152,9 +154,9 @@ def load_reversal_tasks(
     )
 
 
-# Asked as questions: a 135M model does not complete Berglund's templates with a name, but it answers questions.
-NAME_QUESTION = "Q: Who is {description}?\nA:"
-DESCRIPTION_QUESTION = "Q: Who is {name}?\nA:"
+# Asked as questions ("Q: Who is <description>?", "Q: Who is <name>?", the people tasks' first templates): a 135M
+# model does not complete Berglund's templates with a name, but it answers questions.
+QUESTIONS = {"name": NAME_QUESTIONS[0], "description": DESCRIPTION_QUESTIONS[0]}
 # The files whose completions are each group's descriptions (in several grammatical forms).
 _DESCRIPTION_FILES = {"p2d": "p2d_prompts_test", "d2p": "d2p_reverse_prompts_test"}
 QUESTION_COLUMNS = ("context", "query", "answer", "direction", "answer_kind", "person", "group")
@@ -193,17 +195,13 @@ def load_reversal_questions(
         descriptions = _lines_by_person(raw[description_file], pattern, description_file)
         for person in sorted(statements):
             description = _noun_phrase([line["completion"] for line in descriptions[person]], person)
-            for answer_kind in ("name", "description"):
-                gives_name = answer_kind == "description"
-                query = (DESCRIPTION_QUESTION if gives_name else NAME_QUESTION).format(
-                    name=person, description=description
-                )
-                answer = f" {person}." if answer_kind == "name" else f" {description[:1].upper()}{description[1:]}."
+            for answer_kind, template in QUESTIONS.items():
+                query, answer = Person(person, description).ask(template, answer_kind)
                 for line in rng.sample(statements[person], paraphrases_per_person):
                     rows["context"].append((line["prompt"] + line["completion"]).strip())
                     rows["query"].append(query)
                     rows["answer"].append(answer)
-                    rows["direction"].append("forward" if gives_name == (group == "p2d") else "reversed")
+                    rows["direction"].append(direction_of(answer_kind, name_first=group == "p2d"))
                     rows["answer_kind"].append(answer_kind)
                     rows["person"].append(person)
                     rows["group"].append(group)
