@@ -167,7 +167,7 @@ def build_meta_model(args: BenchmarkArguments, device: torch.device) -> MetaDist
         texts_per_episode=args.texts_per_episode,
         text_composition=args.text_composition,
     )
-    meta = MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2).to(device)
+    meta = MetaDistillModel(peft_model, settings).to(device)
     if args.activation_checkpointing:
         meta.activation_checkpointing_enable()
     return meta.train()

@@ -40,8 +40,7 @@ class MetaDistillModel(nn.Module):
     """Wraps the meta-learned model (a `PeftModel`, or a plain model with `inner_params="all"`) and its inner LRs.
 
     The teacher is the same model with its adapter disabled when `teacher is None` (LoRA mode), otherwise the given
-    frozen model. `pad_token_id`/`eos_token_id` are needed only in label-free mode (teacher generation),
-    `word_classes` (`tokens.word_classes(tokenizer)`) only with `reversed_context_unit="entity"`.
+    frozen model. `word_classes` (`tokens.word_classes(tokenizer)`) only with `reversed_context_unit="entity"`.
     """
 
     accepts_loss_kwargs = True
@@ -51,15 +50,11 @@ class MetaDistillModel(nn.Module):
         model: nn.Module,
         settings: MetaPromptSettings,
         teacher: nn.Module | None = None,
-        pad_token_id: int | None = None,
-        eos_token_id: int | None = None,
         word_classes: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
-        self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
         by_entity = settings.reversed_context_unit == "entity"
         if by_entity and word_classes is None:
             raise ValueError(
@@ -139,33 +134,42 @@ class MetaDistillModel(nn.Module):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> MetaDistillOutput:
         if labels is None:
-            if prompt_labels is None:
-                raise ValueError("Pass `labels` (examples with answers) or `prompt_labels` (label-free examples).")
-            teacher_input_ids, teacher_attention_mask, student_input_ids, student_attention_mask, labels = (
-                self._append_teacher_answers(
-                    teacher_input_ids, teacher_attention_mask, student_input_ids, student_attention_mask, prompt_labels
-                )
+            raise ValueError(
+                "The batch has no answers (`prompt_labels` only): label-free tasks need the prompted base's answers "
+                "first. MetaDistillTrainer makes them once before training; elsewhere call "
+                "hf_metaprompt.teacher_answers.add_teacher_answers(dataset, meta, collator, tokenizer)."
             )
         keep = target_window(labels)
-        targets = labels[:, -keep + 1 :] != IGNORE_INDEX
-        teacher_logits = self.teacher_logits(teacher_input_ids, teacher_attention_mask, keep)
+        target_ids = labels[:, -keep + 1 :]
+        targets = target_ids != IGNORE_INDEX
+        s = self.settings
+        # With the whole weight on the answers the divergence is multiplied by 0: the frozen teacher's forward,
+        # a fifth of the step, is skipped.
+        uses_teacher = s.answer_loss_weight < 1
+        if uses_teacher:
+            teacher_logits = self.teacher_logits(teacher_input_ids, teacher_attention_mask, keep)
 
         fast_weights, inner_losses = self.absorb_episodes(context_input_ids, context_attention_mask)
         with use_fast_weights(fast_weights):
             student_logits = causal_logits(self.model, student_input_ids, student_attention_mask, keep)
 
-        s = self.settings
-        per_token = distillation_divergence(
-            teacher_logits, student_logits, s.distill_loss, s.distill_temperature, s.jsd_beta
-        )
         if s.answer_loss_weight:
-            answer_nll = -token_logprobs(student_logits, labels[:, -keep + 1 :].clamp(min=0))
-            per_token = mix_answer_loss(per_token, answer_nll, s.answer_loss_weight)
+            answer_nll = -token_logprobs(student_logits, target_ids.clamp(min=0))
+        if not uses_teacher:
+            per_token = answer_nll
+        else:
+            per_token = distillation_divergence(
+                teacher_logits, student_logits, s.distill_loss, s.distill_temperature, s.jsd_beta
+            )
+            if s.answer_loss_weight:
+                per_token = mix_answer_loss(per_token, answer_nll, s.answer_loss_weight)
         total = (per_token * targets).sum()
         num_targets = targets.sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else num_targets.clamp(min=1)
         loss = total / denominator
-        agreement = (teacher_logits.argmax(-1) == student_logits.argmax(-1))[targets].float().mean()
+        # Agreement of the student's top token with the teacher's, or with the answer when no teacher ran.
+        reference = teacher_logits.argmax(-1) if uses_teacher else target_ids
+        agreement = (reference == student_logits.argmax(-1))[targets].float().mean()
         return MetaDistillOutput(
             loss=loss,
             distill_loss=(total / num_targets.clamp(min=1)).detach(),
@@ -250,38 +254,6 @@ class MetaDistillModel(nn.Module):
     def teacher_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
         with self.teacher_mode() as teacher:
             return causal_logits(teacher, input_ids, attention_mask, keep)
-
-    def _append_teacher_answers(
-        self,
-        teacher_input_ids: torch.Tensor,
-        teacher_attention_mask: torch.Tensor,
-        student_input_ids: torch.Tensor,
-        student_attention_mask: torch.Tensor,
-        prompt_labels: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Label-free mode: the teacher's greedy continuation (up to EOS) becomes the answer of both views."""
-        if self.eos_token_id is None or self.pad_token_id is None:
-            raise ValueError("Label-free examples need `eos_token_id` and `pad_token_id` for teacher generation.")
-        with self.teacher_mode() as teacher:
-            generated = teacher.generate(
-                input_ids=teacher_input_ids,
-                attention_mask=teacher_attention_mask,
-                max_new_tokens=self.settings.max_answer_length,
-                do_sample=False,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=self.eos_token_id,
-            )[:, teacher_input_ids.shape[1] :]
-        answer_mask = generation_mask(generated, self.eos_token_id)
-        answer_labels = generated.masked_fill(answer_mask == 0, IGNORE_INDEX)
-        generated = generated.masked_fill(answer_mask == 0, self.pad_token_id)
-        teacher_ids, teacher_mask = right_align(
-            torch.cat([teacher_input_ids, generated], 1), torch.cat([teacher_attention_mask, answer_mask], 1)
-        )
-        student_ids = torch.cat([student_input_ids, generated], 1)
-        student_full_mask = torch.cat([student_attention_mask, answer_mask], 1)
-        labels = torch.cat([prompt_labels, answer_labels], 1)
-        (student_ids, labels), student_mask = right_align_many((student_ids, labels), student_full_mask)
-        return teacher_ids, teacher_mask, student_ids, student_mask, labels
 
     # ----- persistence
     def current_settings(self) -> MetaPromptSettings:
@@ -397,13 +369,6 @@ def causal_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         use_cache=False,
     ).logits
     return logits[:, -keep:-1]
-
-
-def generation_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for generated tokens up to and including the first EOS, 0 after it."""
-    is_eos = (generated == eos_token_id).long()
-    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
-    return (~after_eos).long()
 
 
 def right_align_many(

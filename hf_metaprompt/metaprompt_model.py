@@ -22,6 +22,7 @@ from .inner import inner_update
 from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
 from .tokens import (
+    ANSWER_STOP,
     context_rows,
     decode_answers,
     encode,
@@ -112,8 +113,6 @@ class MetaPromptModel(nn.Module):
             model,
             settings,
             teacher=teacher,
-            pad_token_id=pad_token_id(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
             word_classes=reversal_word_classes(tokenizer, settings.reversed_context_unit),
         )
         _check_learned_lrs(meta, settings, directory)
@@ -216,11 +215,12 @@ class MetaPromptModel(nn.Module):
             return self.meta.model.generate(*args, **kwargs)
 
     def ask(
-        self, queries: str | Sequence[str], max_new_tokens: int | None = None, stop: str | None = "\n"
+        self, queries: str | Sequence[str], max_new_tokens: int | None = None, stop: str | None = ANSWER_STOP
     ) -> str | list[str]:
         """Greedy answer(s) to `queries`, given only what was absorbed (the texts are not in the prompt).
 
-        Each answer ends before `stop` (a new line by default: models tend to go on with the next question).
+        Each answer is the first non-blank piece before `stop` (a new line by default: models tend to go on with the
+        next question; a leading line break is skipped).
         """
         single = isinstance(queries, str)
         queries = [queries] if single else _check_queries(queries)

@@ -53,13 +53,25 @@ def context_rows(
     return rows, truncated
 
 
+# Where an answer ends: models go on after it with the next question ("...\nQ: Who is ...").
+ANSWER_STOP = "\n"
+
+
+def first_answer_line(text: str, stop: str | None = ANSWER_STOP) -> str:
+    """What a reader takes as the answer in a continuation: its first non-blank piece before `stop` (a leading line
+    break is skipped, as a reader would). The one rule of `ask`, the evaluation and label-free teacher targets."""
+    if not stop:
+        return text
+    return next((piece for piece in text.split(stop) if piece.strip()), "")
+
+
 def decode_answers(
-    tokenizer: PreTrainedTokenizerBase, generated: torch.Tensor, prompt_width: int, stop: str | None = "\n"
+    tokenizer: PreTrainedTokenizerBase, generated: torch.Tensor, prompt_width: int, stop: str | None = ANSWER_STOP
 ) -> list[str]:
-    """The generated continuations after a (left-padded) prompt of `prompt_width` tokens, each cut before `stop`:
-    models go on with the next question."""
+    """The generated continuations after a (left-padded) prompt of `prompt_width` tokens, each cut by
+    `first_answer_line`."""
     answers = tokenizer.batch_decode(generated[:, prompt_width:], skip_special_tokens=True)
-    return [answer.split(stop)[0] for answer in answers] if stop else answers
+    return [first_answer_line(answer, stop) for answer in answers]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,8 @@ from .config import MetaDistillConfig
 from .hub import DEFAULT_TAGS, PAPER, TRAINER_NAME, local_path_or_repo_id, write_checkpoint_card
 from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
-from .tokens import pad_token_id, reversal_word_classes
+from .teacher_answers import add_teacher_answers
+from .tokens import reversal_word_classes
 from .validation import position_limit, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,6 @@ class MetaDistillTrainer(Trainer):
             model,
             args.to_settings(),
             teacher=teacher,
-            pad_token_id=pad_token_id(processing_class),
-            eos_token_id=processing_class.eos_token_id,
             word_classes=reversal_word_classes(processing_class, args.reversed_context_unit),
         )
         if data_collator is None:
@@ -119,6 +118,15 @@ class MetaDistillTrainer(Trainer):
             for name, dataset in {"train_dataset": train_dataset, **evals}.items():
                 if dataset is not None:
                     validate_dataset(dataset, self.data_collator, position_limit(model), name)
+            if isinstance(self.train_dataset, Dataset):
+                # Label-free rows: the prompted base's answers, generated once here rather than in every step.
+                self.train_dataset = add_teacher_answers(
+                    self.train_dataset,
+                    self.meta_model,
+                    self.data_collator,
+                    processing_class,
+                    batch_size=args.per_device_eval_batch_size,
+                )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint of `output_dir` (one a

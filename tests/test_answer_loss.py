@@ -7,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import EXAMPLES
+from datasets import Dataset
 from test_meta_gradient import assert_matches_finite_differences, batch_for, build, flat_grad
 
 from hf_metaprompt import MetaDistillModel, MetaPromptSettings, PromptTargetCollator
 from hf_metaprompt.fast_weights import use_fast_weights
 from hf_metaprompt.inner import position_ids_from_mask
 from hf_metaprompt.losses import mix_answer_loss
+from hf_metaprompt.teacher_answers import add_teacher_answers
 from hf_metaprompt.tokens import IGNORE_INDEX
 
 
@@ -51,25 +53,30 @@ def test_answer_loss_weight_mixes_the_updated_models_answer_cross_entropy(llama_
     torch.testing.assert_close(mixed, 0.7 * divergence + 0.3 * hard, rtol=1e-9, atol=0)
 
 
-def test_label_free_answer_loss_is_the_cross_entropy_of_the_teachers_greedy_answer(llama_tokenizer, monkeypatch):
+def test_label_free_answer_loss_is_the_cross_entropy_of_the_teachers_greedy_answer(llama_tokenizer):
     meta = build("llama", answer_loss_weight=1.0, max_answer_length=4)
-    examples = [{**example, "answer": ""} for example in EXAMPLES]
-    batch = PromptTargetCollator(llama_tokenizer)(examples)
-    assert "labels" not in batch
-    views = {}
-    original = MetaDistillModel._append_teacher_answers
-
-    def spy(self, *args):
-        views["appended"] = original(self, *args)
-        return views["appended"]
-
-    monkeypatch.setattr(MetaDistillModel, "_append_teacher_answers", spy)
+    collator = PromptTargetCollator(llama_tokenizer, max_answer_length=4)
+    answerless = Dataset.from_list([{**example, "answer": ""} for example in EXAMPLES])
+    answered = add_teacher_answers(answerless, meta, collator, llama_tokenizer)
+    assert len(answered) > 0 and all(answered["answer"])
+    batch = collator(list(answered))
     with torch.no_grad():
         loss = meta(**batch).loss
-    _, _, student_ids, student_mask, labels = views["appended"]
-    assert (labels != IGNORE_INDEX).any()
-    answered = {**batch, "student_input_ids": student_ids, "student_attention_mask": student_mask, "labels": labels}
-    torch.testing.assert_close(loss, updated_student_answer_nll(meta, answered), rtol=1e-9, atol=0)
+    torch.testing.assert_close(loss, updated_student_answer_nll(meta, batch), rtol=1e-9, atol=0)
+
+
+def test_the_teacher_is_not_run_when_the_answers_carry_the_whole_weight(llama_tokenizer, monkeypatch):
+    meta = build("llama")
+    batch = batch_for(llama_tokenizer)
+    calls = []
+    original = MetaDistillModel.teacher_logits
+    monkeypatch.setattr(MetaDistillModel, "teacher_logits", lambda self, *a: calls.append(1) or original(self, *a))
+    meta.settings.answer_loss_weight = 0.99
+    meta(**batch)
+    assert calls == [1]
+    meta.settings.answer_loss_weight = 1.0
+    meta(**batch).loss.backward()
+    assert calls == [1]  # skipped: its divergence would be multiplied by 0
 
 
 def test_meta_gradient_with_answer_loss_matches_finite_differences(gpt2_tokenizer):

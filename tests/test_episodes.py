@@ -198,7 +198,7 @@ def _additive_model(llama_tokenizer):
             if "lora_B" in name:
                 param.normal_(0, 0.3)
     settings = MetaPromptSettings(inner_lr=0.5, max_inner_lr=5.0, text_composition="additive", texts_per_episode=2)
-    return MetaPromptModel(MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2), llama_tokenizer)
+    return MetaPromptModel(MetaDistillModel(peft_model, settings), llama_tokenizer)
 
 
 def test_additive_absorb_is_one_step_on_the_summed_loss_in_any_order(llama_tokenizer):

@@ -35,7 +35,7 @@ def evaluator(llama_tokenizer):
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     settings = MetaPromptSettings(inner_lr=1.0, max_inner_lr=10.0, max_answer_length=8)
-    meta = MetaDistillModel(peft_model, settings, pad_token_id=0, eos_token_id=2)
+    meta = MetaDistillModel(peft_model, settings)
     return ConditionEvaluator(meta, llama_tokenizer, batch_size=4, show_progress=False)
 
 

@@ -1,4 +1,4 @@
-"""Label-free mode on every task family: without answers, the teacher's greedy continuation is the target."""
+"""Label-free mode: without answers, the prompted base's greedy answer (its first line) is the target, made once."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
 from hf_metaprompt import MetaDistillModel, MetaPromptSettings, PromptTargetCollator
@@ -14,6 +15,8 @@ from hf_metaprompt.data.reversal import load_reversal_tasks
 from hf_metaprompt.data.squad import load_squad_tasks
 from hf_metaprompt.data.text import load_text_tasks
 from hf_metaprompt.data.tiny_world import load_tiny_world
+from hf_metaprompt.teacher_answers import add_teacher_answers
+from hf_metaprompt.tokens import first_answer_line
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REVERSAL_DIR = FIXTURES / "reversal_curse"
@@ -31,38 +34,130 @@ def task_examples(task: str) -> list[dict]:
     return [{"context": e["context"], "query": e["query"], "answer": ""} for e in dataset.select(range(2))]
 
 
-@pytest.mark.parametrize("task", ["tiny_world", "reversal", "character_description", "squad", "text"])
-def test_label_free_meta_step(task, llama_tokenizer, monkeypatch):
-    examples = task_examples(task)
-    collator = PromptTargetCollator(llama_tokenizer, max_context_length=64, max_query_length=256)
-    batch = collator(examples)
-    assert "labels" not in batch
-
+def build_meta(max_answer_length: int = 5) -> MetaDistillModel:
     peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    settings = MetaPromptSettings(max_answer_length=5)
-    meta = MetaDistillModel(peft_model, settings, pad_token_id=collator.pad_token_id, eos_token_id=2)
+    return MetaDistillModel(peft_model, MetaPromptSettings(max_answer_length=max_answer_length))
 
-    generated = {}
-    original = MetaDistillModel._append_teacher_answers
 
-    def spy(self, *args):
-        result = original(self, *args)
-        generated["views"] = result
-        return result
+@pytest.mark.parametrize(
+    ("continuation", "answer"),
+    [
+        (" Daphne Barrington.\nQ: Who is the inventor of", " Daphne Barrington."),
+        ("\n Daphne Barrington.\nA: The first surgeon", " Daphne Barrington."),
+        ("\n\n  \nthe director\n", "the director"),
+        (" a baker from Lisbon", " a baker from Lisbon"),
+        ("\n\n", ""),
+        ("", ""),
+    ],
+)
+def test_an_answer_is_the_first_non_blank_line(continuation, answer):
+    assert first_answer_line(continuation) == answer
 
-    monkeypatch.setattr(MetaDistillModel, "_append_teacher_answers", spy)
-    output = meta(**batch)
+
+@pytest.mark.parametrize("task", ["tiny_world", "reversal", "character_description", "squad", "text"])
+def test_label_free_tasks_train_on_the_teachers_answers(task, llama_tokenizer):
+    collator = PromptTargetCollator(llama_tokenizer, max_context_length=64, max_query_length=256, max_answer_length=5)
+    meta = build_meta()
+    answerless = Dataset.from_list(task_examples(task))
+    with pytest.raises(ValueError, match="add_teacher_answers"):
+        meta(**collator(list(answerless)))
+
+    answered = add_teacher_answers(answerless, meta, collator, llama_tokenizer)
+    assert 0 < len(answered) <= len(answerless)
+    for row in answered:
+        assert row["answer"].startswith(" ") and "\n" not in row["answer"] and row["answer"].strip()
+    output = meta(**collator(list(answered)))
     output.loss.backward()
-
-    teacher_ids, teacher_mask, student_ids, student_mask, labels = generated["views"]
-    targets = labels != -100
-    assert 0 < output.num_targets <= len(examples) * settings.max_answer_length
-    for row in range(len(examples)):
-        n = int(targets[row].sum())
-        assert n > 0 and targets[row, -n:].all()
-        # The generated answer ends both views, so the teacher's targets are the student's.
-        assert torch.equal(teacher_ids[row, -n:], student_ids[row, -n:])
-        assert torch.equal(student_ids[row, -n:], labels[row, -n:])
-        assert teacher_mask[row, -n:].all() and student_mask[row, -n:].all()
+    assert 0 < output.num_targets <= len(answered) * (collator.max_answer_length + 1)
     assert all(torch.isfinite(p.grad).all() for p in meta.parameters() if p.grad is not None)
     assert meta.log_inner_lrs.grad.abs().sum() > 0
+
+
+def test_teacher_answers_are_the_prompted_bases_greedy_first_line(llama_tokenizer):
+    # The collator's answer limit above the 6 generated tokens: a random model's bytes re-encode longer, and an
+    # answer over the limit would be shortened to fit (the rule this test is not about).
+    collator = PromptTargetCollator(llama_tokenizer, max_answer_length=64)
+    meta = build_meta(max_answer_length=6)
+    examples = task_examples("tiny_world")
+    answered = add_teacher_answers(Dataset.from_list(examples), meta, collator, llama_tokenizer)
+    prompts = collator(examples)
+    with meta.teacher_mode() as base:
+        generated = base.generate(
+            input_ids=prompts["teacher_input_ids"],
+            attention_mask=prompts["teacher_attention_mask"],
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=collator.pad_token_id,
+            eos_token_id=llama_tokenizer.eos_token_id,
+        )
+    width = prompts["teacher_input_ids"].shape[1]
+    expected = [
+        first_answer_line(text).strip()
+        for text in llama_tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+    ]
+    assert [row["answer"].strip() for row in answered] == [answer for answer in expected if answer]
+
+
+def test_gold_answers_are_kept_and_only_missing_ones_generated(llama_tokenizer, monkeypatch):
+    collator = PromptTargetCollator(llama_tokenizer)
+    meta = build_meta()
+    rows = [{**example, "answer": ""} for example in task_examples("tiny_world")]
+    rows[0]["answer"] = " Alice Moreau"
+    calls = []
+    original = type(meta.model).generate
+
+    def counting_generate(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(meta.model), "generate", counting_generate)
+    answered = add_teacher_answers(Dataset.from_list(rows), meta, collator, llama_tokenizer)
+    assert answered[0]["answer"] == " Alice Moreau"
+    assert calls == [1]  # the one row without an answer
+
+
+def test_label_free_and_gold_batches_match_for_the_same_answer(llama_tokenizer):
+    """A teacher answer, once made, is a row like any other: the same views, masks and targets as that answer given
+    as gold."""
+    collator = PromptTargetCollator(llama_tokenizer, max_answer_length=5)
+    meta = build_meta()
+    answerless = Dataset.from_list(task_examples("tiny_world"))
+    answered = add_teacher_answers(answerless, meta, collator, llama_tokenizer)
+    gold = [{**row} for row in answered]  # the same strings, as a user's gold answers
+    made, given = collator(list(answered)), collator(gold)
+    assert made.keys() == given.keys()
+    for key in made:
+        assert torch.equal(made[key], given[key]), key
+
+
+def test_the_teacher_answers_each_task_once_across_epochs(tmp_path, llama_tokenizer, monkeypatch):
+    from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer
+
+    rows = [{**example, "answer": ""} for example in task_examples("tiny_world")] * 2  # 4 tasks
+    generated_rows = []
+    model = tiny_model("llama")
+    original = type(model).generate
+
+    def counting_generate(self, *args, **kwargs):
+        generated_rows.append(kwargs["input_ids"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", counting_generate)
+    args = MetaDistillConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        num_train_epochs=2,
+        max_answer_length=5,
+        max_context_length=128,
+        lora_r=4,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+    )
+    trainer = MetaDistillTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=llama_tokenizer
+    )
+    trainer.train()
+    assert sum(generated_rows) == len(rows)  # once per task, not once per step and epoch
+    assert trainer.state.global_step >= 2 * (len(trainer.train_dataset) // 2)

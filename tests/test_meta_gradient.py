@@ -18,7 +18,7 @@ TOKENIZER_BOS = {"llama": True, "gpt2": False, "qwen2": False}
 def build(arch="llama", attn="sdpa", dtype=torch.float64, inner_params="lora", word_classes=None, **settings):
     base = tiny_model(arch, attn, dtype=dtype)
     options = {"inner_lr": 0.3, "min_inner_lr": 1e-3, "max_inner_lr": 10.0, "inner_params": inner_params, **settings}
-    ids = {"pad_token_id": 0, "eos_token_id": 2, "word_classes": word_classes}
+    ids = {"word_classes": word_classes}
     if inner_params == "all":
         teacher = copy.deepcopy(base)
         meta = MetaDistillModel(base, MetaPromptSettings(**options), teacher=teacher, **ids)
