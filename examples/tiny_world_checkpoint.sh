@@ -21,24 +21,24 @@
 set -euo pipefail
 OUT="${1:-outputs/tiny_world_metaprompt}"
 export OMP_NUM_THREADS=1
-python examples/run_meta.py --inner_params all --learning_rate 1e-3 --reversed_context_weight 1 \
+python examples/run_meta.py --task tiny_world --inner_params all --learning_rate 1e-3 --reversed_context_weight 1 \
     --reversed_context_unit entity --max_steps 1600 --save_strategy steps --save_steps 800 --output_dir "$OUT/stage1a" \
     --conditions meta_1step --texts_absorbed 1 --max_eval_samples 20 --answer_loss_weight 1
-OMP_NUM_THREADS=2 python examples/run_meta.py --init_from "$OUT/stage1a" --inner_params all --learning_rate 1e-3 \
+OMP_NUM_THREADS=2 python examples/run_meta.py --task tiny_world --init_from "$OUT/stage1a" --inner_params all --learning_rate 1e-3 \
     --answer_loss_weight 1 --reversed_context_weight 1 --reversed_context_unit entity --max_steps 600 \
     --output_dir "$OUT/stage1b" --conditions meta_1step --texts_absorbed 1 --max_eval_samples 20
-python examples/run_meta.py --init_from "$OUT/stage1b" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
+python examples/run_meta.py --task tiny_world --init_from "$OUT/stage1b" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
     --reversed_context_weight 1 --reversed_context_unit entity --text_composition sequential --vary_texts_per_episode \
     --conditions meta_1step --texts_absorbed 1 --max_eval_samples 20 --texts_per_episode 4 --max_steps 1600 \
     --output_dir "$OUT/stage2"
-python examples/run_meta.py --init_from "$OUT/stage2" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
+python examples/run_meta.py --task tiny_world --init_from "$OUT/stage2" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
     --reversed_context_weight 1 --reversed_context_unit entity --text_composition sequential --vary_texts_per_episode \
     --texts_per_episode 16 --max_steps 800 --per_device_eval_batch_size 16 --texts_absorbed 1 2 4 8 16 \
     --output_dir "$OUT/stage3"
-python examples/run_meta.py --init_from "$OUT/stage3" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
+python examples/run_meta.py --task tiny_world --init_from "$OUT/stage3" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
     --reversed_context_weight 1 --reversed_context_unit entity --text_composition sequential --vary_texts_per_episode \
     --texts_per_episode 16 --max_steps 800 --per_device_eval_batch_size 16 --texts_absorbed 1 2 4 8 16 \
     --output_dir "$OUT/stage3b"
-python examples/run_meta.py --init_from "$OUT/stage3b" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
+python examples/run_meta.py --task tiny_world --init_from "$OUT/stage3b" --inner_params all --learning_rate 1e-3 --answer_loss_weight 1 \
     --reversed_context_weight 2 --reversed_context_unit entity --text_composition sequential --vary_texts_per_episode \
     --texts_per_episode 16 --max_steps 800 --per_device_eval_batch_size 16 --texts_absorbed 1 2 4 8 16 --output_dir "$OUT"

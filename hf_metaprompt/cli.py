@@ -9,8 +9,8 @@ hf-metaprompt push CHECKPOINT user/my-metaprompt-model
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,13 @@ class EvalArguments:
 
     batch_size: int = field(default=32, metadata={"help": "Tasks per evaluation batch."})
     seed: int = field(default=0, metadata={"help": "Seed of the subsets drawn (the embedded default's seed)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where to write eval_results.json and the plot."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where to write eval_results.json and the plot. Default: eval/NAME in the working folder, NAME "
+            "the checkpoint's folder or repository name."
+        },
+    )
     split: str = field(
         default="test",
         metadata={
@@ -49,7 +55,13 @@ class EvalArguments:
 @dataclass
 class AbsorbArguments:
     text: Path = field(metadata={"help": "File holding the text to absorb."})
-    ask: list[str] = field(metadata={"help": "Question(s) to ask; repeatable.", "action": "extend"})
+    ask: list[str] = field(
+        metadata={
+            "help": 'Question(s) to ask; repeatable. "\\n" is a line break, as in "Q: Who is ...?\\nA:" (a shell '
+            "passes the backslash on).",
+            "action": "extend",
+        }
+    )
     max_new_tokens: int | None = field(default=None, metadata={"help": "Cap on generated tokens per answer."})
 
 
@@ -79,6 +91,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, HfArgumentParser
         prog="hf-metaprompt",
         description="Meta-trained models that learn a text from one gradient step.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     commands.add_parser(
@@ -90,16 +103,21 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, HfArgumentParser
         "eval",
         help="evaluate a saved checkpoint under every condition",
         dataclass_types=(ScriptArguments, EvalArguments),
+        allow_abbrev=False,
     )
     evaluate.add_argument("checkpoint", help="output directory of `train`, or a Hub repo id")
     absorb = commands.add_parser(
-        "absorb", help="absorb a text with one gradient step, then ask questions", dataclass_types=AbsorbArguments
+        "absorb",
+        help="absorb a text with one gradient step, then ask questions",
+        dataclass_types=AbsorbArguments,
+        allow_abbrev=False,
     )
     absorb.add_argument("checkpoint", help="output directory of `train`, or a Hub repo id")
     push = commands.add_parser(
         "push",
         help="upload a checkpoint (adapter, settings, card, results) to the Hub",
         dataclass_types=PushArguments,
+        allow_abbrev=False,
     )
     push.add_argument("checkpoint", type=Path, help="output directory of `train`")
     push.add_argument("repo_id")
@@ -116,10 +134,15 @@ def parse_command(argv: list[str]) -> tuple[str, tuple]:
         parser.parse_args(argv)  # usage, or the error naming the valid commands; exits
     subparser = commands[command]
     if command == "eval":
-        from .pipeline import is_default_task, tiny_world_script_defaults
+        from .pipeline import checkpoint_task, script_defaults
 
-        if is_default_task(subparser, argv[1:]):
-            subparser.set_defaults(**tiny_world_script_defaults())
+        # Without --task, the checkpoint's own task and that task's default job: `eval` scores what `train` scored.
+        words = [word for word in argv[1:] if word not in ("-h", "--help")]
+        subparser.set_defaults(task=None)  # None: not given
+        namespace, _ = subparser.parse_known_args(words)
+        task = namespace.task or checkpoint_task(namespace.checkpoint or "")
+        defaults = script_defaults(task)
+        subparser.set_defaults(**{name: value for name, value in defaults.items() if name not in TRAINING_ONLY})
     return command, tuple(subparser.parse_args_into_dataclasses(args=argv[1:]))
 
 
@@ -132,32 +155,49 @@ def _train(argv: list[str]) -> None:
 def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
     from .evaluation import META_CONDITIONS, format_curve, format_table, save_results, summarize
     from .metaprompt_model import MetaPromptModel
-    from .pipeline import ScriptArguments, evaluate_all, load_task, take_subset
+    from .pipeline import (
+        ScriptArguments,
+        check_evaluation_plan,
+        evaluate_all,
+        load_task,
+        take_subset,
+        use_cpu_threads,
+    )
 
     defaults = ScriptArguments()
     for name in TRAINING_ONLY:
         if getattr(script_args, name) != getattr(defaults, name):
             raise ValueError(f"--{name} is a `train` flag: `eval` evaluates the checkpoint as saved.")
+    use_cpu_threads(script_args.num_threads)
+    splits = load_task(script_args, args.seed)
+    validation = take_subset(splits["validation"], script_args.max_validation_samples, args.seed)
+    test = take_subset(splits[args.split], script_args.max_eval_samples, args.seed)
+    check_evaluation_plan(script_args, validation, test)  # before the model is loaded
     needs_base = bool(set(script_args.conditions) - set(META_CONDITIONS))
     model = MetaPromptModel.from_pretrained(positional.checkpoint, load_base=needs_base)
-    splits = load_task(script_args, args.seed)
     rows = evaluate_all(
         model.meta,
         model.tokenizer,
-        take_subset(splits["validation"], script_args.max_validation_samples, args.seed),
-        take_subset(splits[args.split], script_args.max_eval_samples, args.seed),
+        validation,
+        test,
         task=script_args.task,
         conditions=script_args.conditions,
         plain_ft_lr_grid=script_args.plain_ft_lrs,
         texts_absorbed=script_args.texts_absorbed,
         batch_size=args.batch_size,
     )
-    logger.info("Results:\n%s\n\n%s", format_table(rows), summarize(rows))
+    output_dir = Path(args.output_dir or default_eval_dir(positional.checkpoint))
+    json_path, _ = save_results(rows, output_dir)
+    print(format_table(rows), summarize(rows), sep="\n\n")
     if len(script_args.texts_absorbed) > 1:
-        logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
-    if args.output_dir:
-        save_results(rows, args.output_dir)
-    print(json.dumps(rows, indent=2))
+        print(f"\nExact match against texts absorbed:\n{format_curve(rows)}")
+    print(f"\nRows written to {json_path}")
+
+
+def default_eval_dir(checkpoint: str) -> Path:
+    """`eval/NAME` in the working folder: never inside the checkpoint (a shipped one lives in the installed
+    package)."""
+    return Path("eval") / Path(str(checkpoint).rstrip("/")).name
 
 
 def _absorb(args: AbsorbArguments, positional: argparse.Namespace) -> None:
@@ -165,10 +205,17 @@ def _absorb(args: AbsorbArguments, positional: argparse.Namespace) -> None:
 
     if not args.text.is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file")
+    questions = [unescape(question) for question in args.ask]
     model = MetaPromptModel.from_pretrained(positional.checkpoint)
     model.absorb(args.text.read_text())
-    for question, answer in zip(args.ask, model.ask(args.ask, max_new_tokens=args.max_new_tokens), strict=True):
+    for question, answer in zip(questions, model.ask(questions, max_new_tokens=args.max_new_tokens), strict=True):
         print(f"{question.strip()} {answer.strip()}")
+
+
+def unescape(text: str) -> str:
+    """`\\n`, `\\t` and `\\\\` as written in a shell's quotes: the line break the model was trained to read."""
+    escapes = {"n": "\n", "t": "\t", "\\": "\\"}
+    return re.sub(r"\\([nt\\])", lambda match: escapes[match.group(1)], text)
 
 
 def _push(args: PushArguments, positional: argparse.Namespace) -> None:

@@ -3,8 +3,8 @@
 Conditions (for each task: a context, a query, a gold answer):
 - `no_context`: the base model asked without the context (the floor);
 - `prompted`: the base model with context + query (the ceiling: the teacher);
-- `prompted_all`: the base model prompted with the texts of all tasks absorbed together (their contexts joined,
-  truncated from the left to `max_context_length`): what prompting does when several texts must be held;
+- `prompted_all`: the base model prompted with the texts of all tasks absorbed together (their contexts joined, up to
+  N times `max_context_length`): what prompting does when several texts must be held;
 - `plain_ft_1step` / `plain_ft_5step`: the base model after 1 / 5 SGD steps of next-token loss on the context, over
   every linear layer, learning rate swept on validation data;
 - `meta_no_step`: the meta-trained model asked without the context and without an update (must stay at the floor,
@@ -23,6 +23,7 @@ Tasks with an `answer_kind` column (`name` / `description`: the people tasks for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -90,6 +91,8 @@ class ConditionEvaluator:
             questions (1 = each task alone), for the meta and plain fine-tuning conditions; `prompted_all` prompts
             with all of them joined.
         max_new_tokens: generation budget; defaults to the checkpoint's `max_answer_length`.
+        plain_ft_memory_gib: memory for the plain fine-tuning copies of the base's linear weights in one pass (each
+            state holds a full copy and its gradient): bounds the evaluation's peak on a real model.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class ConditionEvaluator:
         texts_absorbed: int = 1,
         max_new_tokens: int | None = None,
         show_progress: bool = True,
+        plain_ft_memory_gib: float = 1.0,
     ) -> None:
         if not isinstance(texts_absorbed, int) or texts_absorbed < 1:
             raise ValueError(f"`texts_absorbed` must be a positive integer, got {texts_absorbed!r}.")
@@ -118,9 +122,18 @@ class ConditionEvaluator:
             texts_per_episode=1,  # the evaluator groups texts itself (`texts_absorbed`)
         )
         self.show_progress = show_progress
+        self.plain_ft_memory_gib = plain_ft_memory_gib
         base = meta.teacher if meta.teacher is not None else meta.model.get_base_model()
         # Plain fine-tuning adapts the base's own linear layers (never the adapter's, which is off for the base).
         self.base_linears = AdaptedModules.from_linear_layers(base, skip=lambda name: ".lora_" in name)
+
+    def plain_ft_states_per_pass(self) -> int:
+        """Plain fine-tuning holds a full copy of every linear weight (and its gradient) per state: as many states
+        per pass as `plain_ft_memory_gib` holds, at least one, at most `batch_size` (SmolLM2: 0.85 GB a state)."""
+        per_state = 2 * sum(
+            p.numel() * p.element_size() for linear in self.base_linears.linears for p in linear.parameters()
+        )
+        return max(1, min(self.batch_size, int(self.plain_ft_memory_gib * 2**30 // per_state)))
 
     # ----- public API
     def evaluate(
@@ -190,7 +203,8 @@ class ConditionEvaluator:
         self, examples: list[dict], condition: str, lr: float | None, desc: str, generate: bool = True
     ) -> list[_TaskScores]:
         group = self.texts_absorbed if condition in SHARED_CONDITIONS else 1
-        chunk = self.batch_size * group
+        states = self.batch_size if condition not in PLAIN_FT_STEPS else self.plain_ft_states_per_pass()
+        chunk = states * group
         scores: list[_TaskScores] = []
         progress = tqdm(total=len(examples), desc=desc, disable=not self.show_progress, leave=False)
         for start in range(0, len(examples), chunk):
@@ -205,10 +219,13 @@ class ConditionEvaluator:
         self, batch: list[dict], condition: str, lr: float | None, group: int, generate: bool
     ) -> list[_TaskScores]:
         device = self.meta.log_inner_lrs.device
+        collator = self.collator
         if condition == "prompted_all":
             batch = _with_joined_contexts(batch, group)
-        labelled = {k: v.to(device) for k, v in self.collator(batch).items()}
-        prompts = {k: v.to(device) for k, v in self.collator([_without_answer(e) for e in batch]).items()}
+            # Room for all N texts: cutting the joined prompt to one text's window would lose the earlier texts.
+            collator = dataclasses.replace(collator, max_context_length=collator.max_context_length * group)
+        labelled = {k: v.to(device) for k, v in collator(batch).items()}
+        prompts = {k: v.to(device) for k, v in collator([_without_answer(e) for e in batch]).items()}
         view = "teacher" if condition in ("prompted", "prompted_all") else "student"
         with self._condition_model(condition, labelled, lr, group) as model:
             logprobs = _answer_logprobs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,8 +31,11 @@ from .tokens import (
     pad_token_id,
     reversal_word_classes,
     special_prefix_ids,
+    split_into_windows,
 )
 from .validation import position_limit
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -55,6 +59,7 @@ class MetaPromptModel(nn.Module):
         self.meta = meta
         self.tokenizer = tokenizer
         self.fast_weights: FastWeights | None = None
+        self.texts_absorbed = 0  # since the last reset(); per row with `per_row=True`
         self._prefix = special_prefix_ids(tokenizer)
         self.meta.requires_grad_(False)
         self.meta.eval()
@@ -129,7 +134,9 @@ class MetaPromptModel(nn.Module):
     def device(self) -> torch.device:
         return self.meta.log_inner_lrs.device
 
-    def absorb(self, texts: str | Sequence[str], *, per_row: bool = False) -> MetaPromptModel:
+    def absorb(
+        self, texts: str | Sequence[str], *, per_row: bool = False, window_tokens: int | None = None
+    ) -> MetaPromptModel:
         """Learn `texts` with the meta-trained inner step(s).
 
         - one text, or several with `per_row=False`: absorbed one after another into a single state that answers
@@ -138,9 +145,22 @@ class MetaPromptModel(nn.Module):
           from the meta-trained weights adding up);
         - several texts with `per_row=True`: one independent state per text, computed in one batched pass; row `i`
           of every later batch then uses text `i` (one update per user or session).
+
+        A text longer than `window_tokens` (default and most: the checkpoint's `max_context_length`) is cut at
+        sentences into windows, absorbed one after another as several texts; a window about as long as the texts the
+        checkpoint was meta-trained on holds them best.
         """
         texts = _check_texts(texts)
+        count = len(texts)
         # Every text is checked and encoded before any state changes: a bad text leaves nothing half-absorbed.
+        limit = self._window_tokens(window_tokens)
+        if not per_row:
+            texts = [window for text in texts for window in self._windows(text, limit)]
+        elif any(len(self._windows(text, limit)) > 1 for text in texts):
+            raise ValueError(
+                f"A text is longer than the context window ({limit} tokens): per_row=True takes one window per row; "
+                "absorb a long document with per_row=False (window after window)."
+            )
         if per_row:
             self.fast_weights = self._inner_step(*self._encode_contexts(texts), start=None)
         elif self.settings.text_composition == "additive":
@@ -154,6 +174,7 @@ class MetaPromptModel(nn.Module):
             for ids, mask in encoded:
                 state = self._inner_step(ids, mask, start=state)
             self.fast_weights = state
+        self.texts_absorbed = count if per_row else self.texts_absorbed + count
         return self
 
     def _add_update(self, updated: FastWeights) -> FastWeights:
@@ -169,7 +190,29 @@ class MetaPromptModel(nn.Module):
     def reset(self) -> MetaPromptModel:
         """Forget everything absorbed: back to the meta-trained weights, bit for bit."""
         self.fast_weights = None
+        self.texts_absorbed = 0
         return self
+
+    def __repr__(self) -> str:
+        """One line (the wrapped model's repr runs to a hundred): what a REPL user needs after `absorb(...)`."""
+        s = self.settings
+        configs = getattr(self.meta.model, "peft_config", {})
+        if s.inner_params == "all":
+            adapted = "every linear layer"
+        else:
+            ranks = sorted({config.r for config in configs.values()})
+            adapted = f"LoRA r={'/'.join(map(str, ranks))}" + (
+                " (updates the base's linears)" if s.inner_params == "base" else ""
+            )
+        absorbed = (
+            f"{self.texts_absorbed} per row"
+            if self.fast_weights is not None and self.fast_weights.num_tasks > 1
+            else str(self.texts_absorbed)
+        )
+        return (
+            f"MetaPromptModel(base={s.base_model!r}, adapted={adapted}, inner_steps={s.inner_steps}, "
+            f"text_composition={s.text_composition!r}, texts_absorbed={absorbed})"
+        )
 
     def _inner_step(
         self, ids: torch.Tensor, mask: torch.Tensor, start: FastWeights | None, rows_per_task: int = 1
@@ -191,13 +234,35 @@ class MetaPromptModel(nn.Module):
         )
         return fast_weights
 
-    def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        prefix = self._prefix
+    def _window_tokens(self, requested: int | None = None) -> int:
+        """Tokens one inner step reads: the checkpoint's `max_context_length` (or fewer, if `requested`), within the
+        model's positions."""
         limit = self.settings.max_context_length
         positions = position_limit(self.meta.model)
         if positions is not None:
-            limit = min(limit, positions - len(prefix))  # past the position limit a model fails or runs silently off
-        rows, _ = context_rows(self.tokenizer, texts, limit, prefix=prefix)
+            limit = min(limit, positions - len(self._prefix))  # past the position limit a model fails or runs off
+        if requested is not None:
+            if not isinstance(requested, int) or requested < 1:
+                raise ValueError(f"`window_tokens` must be a positive integer, got {requested!r}.")
+            limit = min(limit, requested)
+        return limit
+
+    def _windows(self, text: str, limit: int) -> list[str]:
+        """A text longer than one window, cut at sentences into windows absorbed one after another (logged)."""
+        if len(encode(self.tokenizer, [text])[0]) <= limit:
+            return [text]
+        windows = split_into_windows(self.tokenizer, text, limit)
+        logger.info(
+            "A text of %d tokens is longer than the context window (%d): absorbed as %d windows, cut at sentences.",
+            len(encode(self.tokenizer, [text])[0]),
+            limit,
+            len(windows),
+        )
+        return windows
+
+    def _encode_contexts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = self._prefix
+        rows, _ = context_rows(self.tokenizer, texts, self._window_tokens(), prefix=prefix)
         input_ids, mask = pad_rows(rows, pad_token_id(self.tokenizer), left=False)
         return input_ids.to(self.device), mask.to(self.device)
 

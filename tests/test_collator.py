@@ -129,3 +129,20 @@ def test_custom_field_names(llama_tokenizer):
     reference = PromptTargetCollator(llama_tokenizer)(EXAMPLES)
     batch = collator(examples)
     assert all(torch.equal(batch[k], reference[k]) for k in reference)
+
+
+def test_long_texts_are_cut_into_windows_at_sentences(llama_tokenizer):
+    from hf_metaprompt.tokens import split_into_windows
+
+    sentences = [f"Sentence number {i} tells of Alice Moreau and her bakery in Lisbon." for i in range(12)]
+    text = " ".join(sentences)
+    windows = split_into_windows(llama_tokenizer, text, 64)
+    assert len(windows) > 2
+    assert " ".join(windows) == text  # every sentence, in order, none cut
+    assert all(len(llama_tokenizer(w, add_special_tokens=False)["input_ids"]) <= 64 for w in windows)
+    assert all(w.endswith(".") for w in windows)
+    # A sentence longer than a window is cut between words, still within the window, still in order.
+    long_sentence = " ".join(["baker"] * 80) + "."
+    pieces = split_into_windows(llama_tokenizer, long_sentence, 16)
+    assert " ".join(pieces) == long_sentence
+    assert all(len(llama_tokenizer(p, add_special_tokens=False)["input_ids"]) <= 16 for p in pieces)

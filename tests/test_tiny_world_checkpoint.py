@@ -125,3 +125,28 @@ def test_the_recipe_script_rebuilds_the_shipped_checkpoint_settings():
     # The commands in the shipped card (each stage's, as run) are the script's.
     card = recorded_card_inputs(tiny_metaprompt_path() / "README.md")["command"]
     assert [shlex.split(line)[3:] for line in card.splitlines()] == recipe_stages()
+
+
+def test_a_document_longer_than_the_window_is_absorbed_window_after_window(model, test_split, caplog):
+    """A document of six texts is cut into windows at sentences and absorbed in order, so a question about its first
+    window is answered: never only its end (what left-truncation to the window kept). Windows of about one text's
+    length (the texts the checkpoint was meta-trained on: 8 facts, about 75 tokens)."""
+    documents, first = [], []
+    for start in range(0, 6 * 16, 6):
+        group = test_split.select(range(start, start + 6))
+        documents.append(" ".join(group["context"]))
+        first.append(group[0])
+    window = 96
+    tokens = [len(model.tokenizer(d, add_special_tokens=False)["input_ids"]) for d in documents]
+    assert min(tokens) > 4 * window  # several windows each
+    answered = ending_only = 0
+    for document, task in zip(documents, first, strict=True):
+        with caplog.at_level("INFO", logger="hf_metaprompt.metaprompt_model"):
+            answer = model.reset().absorb(document, window_tokens=window).ask(task["query"])
+        answered += exact_match(answer, task["answer"])
+        end = model.tokenizer.decode(model.tokenizer(document, add_special_tokens=False)["input_ids"][-window:])
+        ending_only += exact_match(model.reset().absorb(end).ask(task["query"]), task["answer"])
+    model.reset()
+    assert "absorbed as" in caplog.text and "windows, cut at sentences" in caplog.text
+    assert answered / len(first) >= 0.3, answered
+    assert answered >= ending_only + 0.2 * len(first), (answered, ending_only)

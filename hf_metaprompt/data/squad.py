@@ -14,7 +14,9 @@ from .common import DataFiles, load_split, require_columns
 logger = logging.getLogger(__name__)
 
 
-def _to_task(example: dict, query_template: str) -> dict:
+def squad_task(example: dict, query_template: str = "Q: {question}\nA:") -> dict:
+    """One SQuAD-schema row as a task: the passage to absorb, the question as the query, the first reference (with a
+    leading space, so it continues the query) as the answer, every reference in `answers`."""
     references = example["answers"]["text"]
     return {
         "context": example["context"],
@@ -54,7 +56,7 @@ def load_squad_tasks(
     if max_examples is not None:
         answerable = answerable.select(range(min(max_examples, len(answerable))))
     return answerable.map(
-        _to_task,
+        squad_task,
         fn_kwargs={"query_template": query_template},
         remove_columns=[column for column in answerable.column_names if column != "id"],
     )
