@@ -34,7 +34,8 @@ def run_once(seed: int, launcher: str, output_dir: Path, extra: list[str], cache
         env["HF_METAPROMPT_CACHE"] = cache
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (output_dir.parent / f"{output_dir.name}.log").open("w") as log:
+        subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     # ru_maxrss of the children is the largest of them (KiB on Linux): the training process.
     peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
@@ -48,15 +49,22 @@ def run_once(seed: int, launcher: str, output_dir: Path, extra: list[str], cache
     return {"seed": seed, "wall_s": wall, "peak_gib": peak, "n": n, **{c: scores.get(c) for c in CONDITIONS}}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--launcher", choices=["accelerate", "python"], default="accelerate")
     parser.add_argument("--cold", action="store_true", help="convert the model again (an empty cache) in each run")
+    parser.add_argument("--keep", help="a folder to keep each run's output and log in (default: a temporary one)")
     parser.add_argument("extra", nargs="*", help="more run_meta.py flags, after --")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     results = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = args.keep or temporary
+        Path(scratch).mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             cache = tempfile.mkdtemp(dir=scratch) if args.cold else None
             results.append(run_once(seed, args.launcher, Path(scratch) / f"seed{seed}", args.extra, cache))

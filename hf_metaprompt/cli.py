@@ -185,6 +185,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
         plain_ft_lr_grid=script_args.plain_ft_lrs,
         texts_absorbed=script_args.texts_absorbed,
         batch_size=args.batch_size,
+        max_plain_ft_samples=script_args.max_plain_ft_samples,
     )
     output_dir = Path(args.output_dir or default_eval_dir(positional.checkpoint))
     json_path, _ = save_results(rows, output_dir)

@@ -83,6 +83,10 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             LoRA alpha.
         lora_dropout (`float`, *optional*, defaults to `0.0`):
             LoRA dropout.
+        lora_last_layers (`int` or `None`, *optional*, defaults to `None`):
+            Adapt only the last N decoder layers. Nothing below them needs a gradient, so the inner backward and its
+            second derivative stop there: about half the meta-step's backward work with half the layers. `None`:
+            every layer.
         lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
             Modules to adapt; `None` means every linear layer except the output head (`"all-linear"`).
         distill_loss (`str`, *optional*, defaults to `"forward_kl"`):
@@ -158,6 +162,13 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of the meta-learned adapter."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_last_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Adapt only the last N decoder layers (the inner backward and its second derivative stop there). "
+            "Default: every layer."
+        },
+    )
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules to adapt. Default: every linear layer but the output head."}
     )
@@ -192,7 +203,7 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
         _check_positive(self, "inner_lr", "inner_steps", "lora_r", "lora_alpha", "distill_temperature")
         _check_positive(self, "max_context_length", "max_query_length", "max_answer_length")
         _check_positive(self, "max_consecutive_skipped_steps")
-        for name in ("min_inner_lr", "max_inner_lr", "inner_lr_learning_rate"):
+        for name in ("min_inner_lr", "max_inner_lr", "inner_lr_learning_rate", "lora_last_layers"):
             if getattr(self, name) is not None:
                 _check_positive(self, name)
         for name in ("inner_steps", "max_consecutive_skipped_steps"):

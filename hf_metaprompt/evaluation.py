@@ -45,7 +45,7 @@ from .inner import absorb_groups
 from .losses import token_logprobs
 from .meta_step import MetaDistillModel, causal_logits
 from .metrics import answer_match, exact_match, share_of_gap_closed, token_f1
-from .tokens import IGNORE_INDEX, decode_answers, target_window
+from .tokens import IGNORE_INDEX, answer_stopping, decode_answers, target_window
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ class ConditionEvaluator:
             do_sample=False,
             pad_token_id=self.collator.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=answer_stopping(self.tokenizer, input_ids.shape[1]),
         )
         return [answer.strip() for answer in decode_answers(self.tokenizer, output, input_ids.shape[1])]
 
@@ -412,19 +413,29 @@ def format_table(rows: Sequence[dict]) -> str:
         )
         line += "".join(f" {r[key]:.3f} |" if key in r else " |" for key, _ in extra)
         lines.append(line)
-    for (task, direction), share in gap_closed(rows).items():
+    metric = headline_metric(rows)
+    for (task, direction), share in gap_closed(rows, metric).items():
         shown = "n/a (prompted = plain FT)" if share is None else f"{share:.2f}"
-        lines.append(f"\nGap closed ({task}, {direction}): {shown}")
+        lines.append(
+            f"\nGap closed ({task}, {direction}, {'match' if metric == 'answer_match' else 'exact match'}): {shown}"
+        )
     return "\n".join(lines)
 
 
-def summarize(rows: Sequence[dict], metric: str = "exact_match") -> str:
+def headline_metric(rows: Sequence[dict]) -> str:
+    """`answer_match` where every row has it (tasks whose answers a small model words its own way), else exact
+    match."""
+    return "answer_match" if rows and all("answer_match" in r for r in rows) else "exact_match"
+
+
+def summarize(rows: Sequence[dict], metric: str | None = None) -> str:
     """One line that reads the table: where one meta-learned step rose above plain fine-tuning (the best of its
     1- and 5-step rows), and how far it is from the base prompted with the text (its teacher), per direction.
 
     Over one-text updates and all questions, like `gap_closed`; empty without a `meta_1step` row. A table of a dozen
     rows does not say by itself which comparison matters; this line does.
     """
+    metric = metric or headline_metric(rows)
     rows = [r for r in rows if r.get("texts", 1) == 1 and r.get("questions", "all") == "all"]
     table = {(r["task"], r["direction"], r["condition"]): r[metric] for r in rows}
     groups = sorted({(task, direction) for task, direction, condition in table if condition == "meta_1step"})
@@ -452,7 +463,8 @@ def summarize(rows: Sequence[dict], metric: str = "exact_match") -> str:
         clauses.append(f"it is at {_and(of_teacher)} of the base prompted with the text (the teacher)")
     if zero_teacher:
         clauses.append(f"the prompted teacher scores 0 in {_and(zero_teacher)}")
-    return f"Reading ({metric.replace('_', ' ')}, one text per update): {'; '.join(clauses)}." if clauses else ""
+    name = "match" if metric == "answer_match" else metric.replace("_", " ")
+    return f"Reading ({name}, one text per update): {'; '.join(clauses)}." if clauses else ""
 
 
 def _and(items: Sequence[str]) -> str:

@@ -196,6 +196,12 @@ def _batched_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
             "per row, or a single text for the whole batch."
         )
     x = x.to(weight.dtype)
+    if tasks == 1 and not torch.is_grad_enabled():
+        # One state for every row, at inference: a plain linear layer (a broadcast batched matmul expands the weight
+        # per row). Not under autograd: training keeps the one kernel its batched and looped episodes agree on.
+        return nn.functional.linear(
+            x, weight[0].T if isinstance(module, Conv1D) else weight[0], bias[0] if bias is not None else None
+        )
     # Rows of one task are consecutive: fold them into the sequence dimension of that task's matmul.
     flat = x.reshape(tasks if tasks != 1 else x.shape[0], -1, x.shape[-1])
     out = torch.matmul(flat, weight if isinstance(module, Conv1D) else weight.transpose(-1, -2))

@@ -24,6 +24,7 @@ from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
 from .tokens import (
     ANSWER_STOP,
+    answer_stopping,
     context_rows,
     decode_answers,
     encode,
@@ -301,6 +302,7 @@ class MetaPromptModel(nn.Module):
             max_new_tokens=max_new_tokens or self.settings.max_answer_length,
             do_sample=False,
             eos_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=answer_stopping(self.tokenizer, width, stop),
         )
         answers = decode_answers(self.tokenizer, output, width, stop)
         return answers[0] if single else answers

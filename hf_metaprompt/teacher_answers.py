@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .collator import PromptTargetCollator
 from .meta_step import MetaDistillModel
-from .tokens import decode_answers, encode
+from .tokens import answer_stopping, decode_answers, encode
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def _greedy_answers(
             do_sample=False,
             pad_token_id=collator.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            stopping_criteria=answer_stopping(tokenizer, input_ids.shape[1]),
         )
     answers = []
     for line in decode_answers(tokenizer, generated, input_ids.shape[1]):

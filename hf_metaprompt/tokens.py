@@ -101,6 +101,27 @@ def split_into_windows(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens
     return windows
 
 
+class AnswerEnd:
+    """A `generate` stopping criterion: a row is done once its continuation holds a line break after some text (the
+    answer `first_answer_line` reads is complete), so no time goes into the next question a model goes on with."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int, stop: str = ANSWER_STOP) -> None:
+        self.tokenizer, self.prompt_width, self.stop = tokenizer, prompt_width, stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        done = [self.stop in text.lstrip() for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def answer_stopping(tokenizer: PreTrainedTokenizerBase, prompt_width: int, stop: str | None = ANSWER_STOP) -> list:
+    """`stopping_criteria=` for a greedy answer after a left-padded prompt of `prompt_width` tokens (none without a
+    `stop`)."""
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([AnswerEnd(tokenizer, prompt_width, stop)] if stop else [])
+
+
 def decode_answers(
     tokenizer: PreTrainedTokenizerBase, generated: torch.Tensor, prompt_width: int, stop: str | None = ANSWER_STOP
 ) -> list[str]:

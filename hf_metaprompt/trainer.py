@@ -378,13 +378,38 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
             r=args.lora_r,
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules or "all-linear",
+            target_modules=args.lora_target_modules or _all_linear(model, args.lora_last_layers),
+            layers_to_transform=_last_layers(model, args.lora_last_layers),
             task_type="CAUSAL_LM",
             # GPT-2-style Conv1D layers store the weight transposed (PEFT would otherwise warn and switch it on).
             fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
         )
     with quiet_peft_wrapping():
         return get_peft_model(model, peft_config)
+
+
+def _all_linear(model: nn.Module, last_layers: int | None) -> str | list[str]:
+    """PEFT's "all-linear", or with `lora_last_layers` (which PEFT takes only with named modules) the names of the
+    linear layers it stands for: every linear layer but the output head."""
+    if last_layers is None:
+        return "all-linear"
+    head = model.get_output_embeddings()
+    linear = (nn.Linear, Conv1D)
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, linear) and m is not head}
+    )
+
+
+def _last_layers(model: nn.Module, count: int | None) -> list[int] | None:
+    """The indices of the last `count` decoder layers (PEFT's `layers_to_transform`), or None for every layer."""
+    if count is None:
+        return None
+    total = getattr(model.config, "num_hidden_layers", None)
+    if total is None:
+        raise ValueError("lora_last_layers needs a model whose config has num_hidden_layers; use lora_target_modules.")
+    if not isinstance(count, int) or not 0 < count <= total:
+        raise ValueError(f"lora_last_layers must be a whole number from 1 to the model's {total} layers, got {count}.")
+    return list(range(total - count, total))
 
 
 def _load_teacher(model: nn.Module, args: MetaDistillConfig) -> nn.Module | None:

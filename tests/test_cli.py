@@ -19,7 +19,7 @@ FLAG_SETS = [
 
 
 # (output folder, steps, scored tasks) of each default job; None: the library's own defaults.
-REAL_JOB = ("outputs/smollm2-people", 80, 64)
+REAL_JOB = ("outputs/smollm2-people", 80, 48)
 TINY_JOB = ("outputs/tiny-world", 800, 200)
 
 

@@ -36,6 +36,7 @@ def test_shortened_default_pipeline(tmp_path):
     output_dir = tmp_path / "tiny-world"
     rows = main(
         [
+            "--task", "tiny_world",
             "--output_dir", str(output_dir),
             "--max_steps", "250",
             "--max_eval_samples", "96",
@@ -66,7 +67,7 @@ def test_shortened_default_pipeline(tmp_path):
 def test_init_from_starts_where_a_saved_run_ended(tmp_path):
     """A second stage (`--init_from`) starts from the first stage's adapter and learned inner LRs, or refuses."""
     quick = [
-        "--max_steps", "2", "--max_eval_samples", "4", "--max_validation_samples", "4",
+        "--task", "tiny_world", "--max_steps", "2", "--max_eval_samples", "4", "--max_validation_samples", "4",
         "--conditions", "meta_1step", "--texts_absorbed", "1", "--logging_steps", "1",
     ]  # fmt: skip
     first_args = ["--output_dir", str(tmp_path / "first"), *quick]

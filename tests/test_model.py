@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -79,13 +80,11 @@ def test_absorb_per_row_equals_absorbing_each_text_alone(checkpoint):
         student_logits(model, QUERIES + QUERIES[:1])
 
 
-@pytest.mark.parametrize("max_context_length", [12, 10_000])
-def test_absorb_tokenises_a_context_like_the_collators_inner_view(checkpoint, monkeypatch, max_context_length):
-    """Inference absorbs exactly the ids meta-training took its inner step on: same prefix, tokens and truncation."""
+def test_absorb_tokenises_a_context_like_the_collators_inner_view(checkpoint, monkeypatch):
+    """Inference absorbs exactly the ids meta-training took its inner step on: same prefix and tokens."""
     import hf_metaprompt.metaprompt_model as model_module
 
     model = MetaPromptModel.from_pretrained(checkpoint[0])
-    model.meta.settings = dataclasses.replace(model.settings, max_context_length=max_context_length)
     texts = [TEXTS[0], " ".join(TEXTS * 3)]
     seen = []
     real_inner_update = model_module.inner_update
@@ -93,14 +92,34 @@ def test_absorb_tokenises_a_context_like_the_collators_inner_view(checkpoint, mo
         model_module, "inner_update", lambda *a, **kw: seen.append(a[3:5]) or real_inner_update(*a, **kw)
     )
     model.absorb(texts, per_row=True)
-    collator = PromptTargetCollator(model.tokenizer, max_context_length=max_context_length)
+    collator = PromptTargetCollator(model.tokenizer, max_context_length=model.settings.max_context_length)
     batch = collator([{"context": text, "query": QUERIES[0], "answer": "x"} for text in texts])
     (ids, mask) = seen[0]
     assert torch.equal(ids, batch["context_input_ids"])
     assert torch.equal(mask, batch["context_attention_mask"])
-    long_text_tokens = len(model.tokenizer(texts[1], add_special_tokens=False)["input_ids"])
-    assert int(mask[1].sum()) == 1 + min(long_text_tokens, max_context_length)  # <s> + the kept tokens
     assert ids[0, 0].item() == model.tokenizer.bos_token_id
+
+
+def test_a_text_longer_than_the_window_is_never_cut_to_its_end(checkpoint, monkeypatch):
+    """Past `max_context_length`, absorbing takes the text window after window (every token, in order); one state
+    per row cannot, and says so instead of keeping the text's end alone."""
+    import hf_metaprompt.metaprompt_model as model_module
+
+    model = MetaPromptModel.from_pretrained(checkpoint[0])
+    model.meta.settings = dataclasses.replace(model.settings, max_context_length=12)
+    long_text = " ".join(TEXTS * 3)
+    with pytest.raises(ValueError, match=r"longer than the context window \(12 tokens\): per_row=True"):
+        model.absorb([TEXTS[0], long_text], per_row=True)
+    assert model.fast_weights is None  # nothing half-absorbed
+    seen = []
+    real_inner_update = model_module.inner_update
+    monkeypatch.setattr(
+        model_module, "inner_update", lambda *a, **kw: seen.append(a[3:5]) or real_inner_update(*a, **kw)
+    )
+    model.absorb(long_text)
+    windows = [model.tokenizer.decode(ids[mask.bool()][1:]) for ids, mask in ((i[0], m[0]) for i, m in seen)]
+    assert len(windows) > 1 and all(int(m.sum()) <= 1 + 12 for _, m in seen)
+    assert " ".join(w.strip() for w in windows) == long_text
 
 
 def test_sequential_absorb_is_two_steps(checkpoint):
@@ -486,12 +505,13 @@ def test_saving_never_looks_up_the_base_model_online(checkpoint, tmp_path, monke
     assert lookups == []
 
 
-def test_texts_longer_than_the_position_limit_are_cut_to_fit(checkpoint, caplog):
+def test_texts_longer_than_the_position_limit_are_absorbed_in_windows_that_fit(checkpoint, caplog):
     model = MetaPromptModel.from_pretrained(checkpoint[0])
     assert model.settings.max_context_length > model.meta.model.config.max_position_embeddings == 256
-    with caplog.at_level("WARNING", logger="hf_metaprompt"):
+    with caplog.at_level("INFO", logger="hf_metaprompt"):
         model.absorb(" ".join(TEXTS * 60))  # ~700 tokens
-    assert "truncated from the left to their last 255 tokens" in caplog.text  # 256 positions, one for <s>
+    assert re.search(r"longer than the context window \(255\): absorbed as [3-9] windows", caplog.text)  # one for <s>
+    assert "truncated" not in caplog.text
 
 
 def test_the_repr_is_one_line_that_says_what_was_absorbed():

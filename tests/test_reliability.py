@@ -135,7 +135,8 @@ def test_cli_train_resumes_instead_of_starting_over(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "evaluate_all", lambda *args, **kwargs: [])
     output = tmp_path / "run"
     flags = [
-        "train", "--output_dir", str(output), "--per_device_train_batch_size", "2", "--max_train_samples", "8",
+        "train", "--task", "tiny_world", "--output_dir", str(output), "--per_device_train_batch_size", "2",
+        "--max_train_samples", "8",
         "--save_strategy", "steps", "--save_steps", "1", "--logging_steps", "1", "--use_cpu", "--disable_tqdm", "true",
     ]  # fmt: skip
     assert cli_main([*flags, "--max_steps", "2"]) == 0

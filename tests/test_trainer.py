@@ -251,3 +251,21 @@ def test_gpt2_conv1d_layers_get_a_transposed_adapter_without_warnings(tmp_path, 
         )
     assert trainer.meta_model.model.peft_config["default"].fan_in_fan_out
     assert not [w for w in caught if "fan_in_fan_out" in str(w.message)]
+
+
+def test_lora_on_the_last_layers_only_adapts_and_steps_those(tmp_path, llama_tokenizer):
+    """`lora_last_layers=1` of 2: the adapter, the inner step's modules and the learned inner LRs are the top layer's
+    alone, and a meta-step trains them (the lower layer needs no gradient, so backward stops above it)."""
+    trainer = make_trainer(tmp_path, llama_tokenizer, lora_last_layers=1, max_steps=2)
+    adapted = trainer.meta_model.adapted.group_names
+    assert adapted and all(".layers.1." in name for name in adapted)
+    lora = [n for n, p in trainer.meta_model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert lora and all(".layers.1." in name for name in lora)
+    before = adapter_state(trainer)
+    trainer.train()
+    after = adapter_state(trainer)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    with pytest.raises(ValueError, match="lora_last_layers must be a whole number from 1 to the model's 2 layers"):
+        make_trainer(tmp_path, llama_tokenizer, lora_last_layers=3)
+    with pytest.raises(ValueError, match="`lora_last_layers` must be a positive number"):
+        make_trainer(tmp_path, llama_tokenizer, lora_last_layers=0)
