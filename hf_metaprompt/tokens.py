@@ -75,30 +75,39 @@ def split_into_windows(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens
     longer than the context window takes, window after window, instead of keeping its end alone."""
     if max_tokens < 1:
         raise ValueError(f"`max_tokens` must be positive, got {max_tokens}.")
+
+    def fits(piece: str) -> bool:
+        return len(encode(tokenizer, [piece])[0]) <= max_tokens
+
     windows: list[str] = []
+    for window in _pack(_SENTENCE_END.split(text.strip()), fits):
+        if fits(window):
+            windows.append(window)
+            continue
+        for piece in _pack(window.split(), fits):  # a sentence longer than a window
+            if fits(piece):
+                windows.append(piece)
+                continue
+            ids = encode(tokenizer, [piece])[0]  # a word longer than a window
+            windows.extend(tokenizer.decode(ids[i : i + max_tokens]) for i in range(0, len(ids), max_tokens))
+    return windows
+
+
+def _pack(units: Sequence[str], fits) -> list[str]:
+    """Consecutive `units` joined by spaces, greedily, while the join `fits`; a unit too long alone stands alone."""
+    packed: list[str] = []
     current = ""
-    for sentence in _SENTENCE_END.split(text.strip()):
-        joined = f"{current} {sentence}" if current else sentence
-        if len(encode(tokenizer, [joined])[0]) <= max_tokens:
+    for unit in units:
+        joined = f"{current} {unit}" if current else unit
+        if fits(joined):
             current = joined
             continue
         if current:
-            windows.append(current)
-        current = ""
-        for word in sentence.split():
-            joined = f"{current} {word}" if current else word
-            if len(encode(tokenizer, [joined])[0]) <= max_tokens:
-                current = joined
-                continue
-            if current:
-                windows.append(current)
-            ids = encode(tokenizer, [word])[0]
-            pieces = [tokenizer.decode(ids[i : i + max_tokens]) for i in range(0, len(ids), max_tokens)]
-            windows.extend(pieces[:-1])
-            current = pieces[-1]
+            packed.append(current)
+        current = unit
     if current:
-        windows.append(current)
-    return windows
+        packed.append(current)
+    return packed
 
 
 class AnswerEnd:
