@@ -153,7 +153,15 @@ def _train(argv: list[str]) -> None:
 
 
 def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
-    from .evaluation import META_CONDITIONS, format_curve, format_table, save_results, summarize
+    from .evaluation import (
+        META_CONDITIONS,
+        format_curve,
+        format_table,
+        headline_metric,
+        metric_title,
+        save_results,
+        summarize,
+    )
     from .metaprompt_model import MetaPromptModel
     from .pipeline import (
         ScriptArguments,
@@ -191,7 +199,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
     json_path, _ = save_results(rows, output_dir)
     print(format_table(rows), summarize(rows), sep="\n\n")
     if len(script_args.texts_absorbed) > 1:
-        print(f"\nExact match against texts absorbed:\n{format_curve(rows)}")
+        print(f"\n{metric_title(headline_metric(rows)).capitalize()} against texts absorbed:\n{format_curve(rows)}")
     print(f"\nRows written to {json_path}")
 
 

@@ -416,10 +416,12 @@ def format_table(rows: Sequence[dict]) -> str:
     metric = headline_metric(rows)
     for (task, direction), share in gap_closed(rows, metric).items():
         shown = "n/a (prompted = plain FT)" if share is None else f"{share:.2f}"
-        lines.append(
-            f"\nGap closed ({task}, {direction}, {'match' if metric == 'answer_match' else 'exact match'}): {shown}"
-        )
+        lines.append(f"\nGap closed ({task}, {direction}, {metric_title(metric)}): {shown}")
     return "\n".join(lines)
+
+
+def metric_title(metric: str) -> str:
+    return "match" if metric == "answer_match" else metric.replace("_", " ")
 
 
 def headline_metric(rows: Sequence[dict]) -> str:
@@ -463,16 +465,17 @@ def summarize(rows: Sequence[dict], metric: str | None = None) -> str:
         clauses.append(f"it is at {_and(of_teacher)} of the base prompted with the text (the teacher)")
     if zero_teacher:
         clauses.append(f"the prompted teacher scores 0 in {_and(zero_teacher)}")
-    name = "match" if metric == "answer_match" else metric.replace("_", " ")
-    return f"Reading ({name}, one text per update): {'; '.join(clauses)}." if clauses else ""
+    return f"Reading ({metric_title(metric)}, one text per update): {'; '.join(clauses)}." if clauses else ""
 
 
 def _and(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def format_curve(rows: Sequence[dict], metric: str = "exact_match") -> str:
-    """`metric` against the number of texts absorbed: one line per (condition, questions, direction)."""
+def format_curve(rows: Sequence[dict], metric: str | None = None) -> str:
+    """`metric` (default: `headline_metric`) against the number of texts absorbed: one line per (condition,
+    questions, direction)."""
+    metric = metric or headline_metric(rows)
     texts = sorted({r.get("texts", 1) for r in rows})
     keys = sorted(
         {(r["condition"], r.get("questions", "all"), r["direction"]) for r in rows},

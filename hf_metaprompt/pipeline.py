@@ -28,6 +28,8 @@ from .evaluation import (
     ConditionEvaluator,
     format_curve,
     format_table,
+    headline_metric,
+    metric_title,
     save_results,
     summarize,
 )
@@ -385,7 +387,8 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     )
     logger.info("Results on %d held-out tasks:\n%s\n\n%s", len(test), format_table(rows), summarize(rows))
     if len(script_args.texts_absorbed) > 1:
-        logger.info("Exact match against texts absorbed:\n%s", format_curve(rows))
+        title = metric_title(headline_metric(rows)).capitalize()
+        logger.info("%s against texts absorbed:\n%s", title, format_curve(rows))
 
     output_dir = Path(config.output_dir)
     save_results(rows, output_dir, title=f"{script_args.task}: one gradient step vs prompting")
