@@ -153,34 +153,17 @@ def _train(argv: list[str]) -> None:
 
 
 def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: argparse.Namespace) -> None:
-    from .evaluation import (
-        META_CONDITIONS,
-        format_curve,
-        format_table,
-        headline_metric,
-        metric_title,
-        save_results,
-        summarize,
-    )
+    from .evaluation import META_CONDITIONS, format_results, save_results
     from .metaprompt_model import MetaPromptModel
-    from .pipeline import (
-        ScriptArguments,
-        check_evaluation_plan,
-        evaluate_all,
-        load_task,
-        take_subset,
-        use_cpu_threads,
-    )
+    from .pipeline import ScriptArguments, evaluate_all, held_out_splits, load_task, use_cpu_threads
 
     defaults = ScriptArguments()
     for name in TRAINING_ONLY:
         if getattr(script_args, name) != getattr(defaults, name):
             raise ValueError(f"--{name} is a `train` flag: `eval` evaluates the checkpoint as saved.")
     use_cpu_threads(script_args.num_threads)
-    splits = load_task(script_args, args.seed)
-    validation = take_subset(splits["validation"], script_args.max_validation_samples, args.seed)
-    test = take_subset(splits[args.split], script_args.max_eval_samples, args.seed)
-    check_evaluation_plan(script_args, validation, test)  # before the model is loaded
+    # Checked before the model is loaded.
+    validation, test = held_out_splits(script_args, load_task(script_args, args.seed), args.seed, args.split)
     needs_base = bool(set(script_args.conditions) - set(META_CONDITIONS))
     model = MetaPromptModel.from_pretrained(positional.checkpoint, load_base=needs_base)
     rows = evaluate_all(
@@ -197,10 +180,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
     )
     output_dir = Path(args.output_dir or default_eval_dir(positional.checkpoint))
     json_path, _ = save_results(rows, output_dir)
-    print(format_table(rows), summarize(rows), sep="\n\n")
-    if len(script_args.texts_absorbed) > 1:
-        print(f"\n{metric_title(headline_metric(rows)).capitalize()} against texts absorbed:\n{format_curve(rows)}")
-    print(f"\nRows written to {json_path}")
+    print(format_results(rows), f"Rows written to {json_path}", sep="\n\n")
 
 
 def default_eval_dir(checkpoint: str) -> Path:

@@ -504,6 +504,17 @@ def _lookup(rows: Sequence[dict], metric: str, **key) -> float | None:
     return None
 
 
+def format_results(rows: Sequence[dict]) -> str:
+    """The table, the reading and, with several numbers of texts absorbed, the curve: what `train` logs and `eval`
+    prints."""
+    parts = [format_table(rows), summarize(rows)]
+    if len({r.get("texts", 1) for r in rows}) > 1:
+        parts.append(
+            f"{metric_title(headline_metric(rows)).capitalize()} against texts absorbed:\n{format_curve(rows)}"
+        )
+    return "\n\n".join(parts)
+
+
 def save_results(rows: Sequence[dict], output_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
     """Write `eval_results.json` and a plot: exact match per condition and, with several N, against N texts."""
     import matplotlib

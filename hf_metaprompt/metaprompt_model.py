@@ -250,12 +250,13 @@ class MetaPromptModel(nn.Module):
 
     def _windows(self, text: str, limit: int) -> list[str]:
         """A text longer than one window, cut at sentences into windows absorbed one after another (logged)."""
-        if len(encode(self.tokenizer, [text])[0]) <= limit:
+        tokens = len(encode(self.tokenizer, [text])[0])
+        if tokens <= limit:
             return [text]
         windows = split_into_windows(self.tokenizer, text, limit)
         logger.info(
             "A text of %d tokens is longer than the context window (%d): absorbed as %d windows, cut at sentences.",
-            len(encode(self.tokenizer, [text])[0]),
+            tokens,
             limit,
             len(windows),
         )

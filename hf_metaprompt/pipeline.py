@@ -26,12 +26,8 @@ from .evaluation import (
     DEFAULT_PLAIN_FT_LRS,
     PLAIN_FT_STEPS,
     ConditionEvaluator,
-    format_curve,
-    format_table,
-    headline_metric,
-    metric_title,
+    format_results,
     save_results,
-    summarize,
 )
 from .hub import is_repo_id, recorded_card_inputs, resolve_checkpoint
 from .meta_step import MetaDistillModel
@@ -354,9 +350,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     train = take_subset(splits["train"], script_args.max_train_samples, config.seed)
     if script_args.label_free and config.answer_field in train.column_names:
         train = train.remove_columns(config.answer_field)
-    validation = take_subset(splits["validation"], script_args.max_validation_samples, config.seed)
-    test = take_subset(splits["test"], script_args.max_eval_samples, config.seed)
-    check_evaluation_plan(script_args, validation, test)
+    validation, test = held_out_splits(script_args, splits, config.seed)
     logger.info("Tasks: %d train, %d validation, %d test", len(train), len(validation), len(test))
     model_path = base_location(base)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -385,10 +379,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
         batch_size=config.per_device_eval_batch_size * 4,
         max_plain_ft_samples=script_args.max_plain_ft_samples,
     )
-    logger.info("Results on %d held-out tasks:\n%s\n\n%s", len(test), format_table(rows), summarize(rows))
-    if len(script_args.texts_absorbed) > 1:
-        title = metric_title(headline_metric(rows)).capitalize()
-        logger.info("%s against texts absorbed:\n%s", title, format_curve(rows))
+    logger.info("Results on %d held-out tasks:\n%s", len(test), format_results(rows))
 
     output_dir = Path(config.output_dir)
     save_results(rows, output_dir, title=f"{script_args.task}: one gradient step vs prompting")
@@ -403,6 +394,17 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     if config.push_to_hub:
         trainer.push_to_hub(commit_message="Meta-trained checkpoint with evaluation results")
     return rows
+
+
+def held_out_splits(
+    script_args: ScriptArguments, splits: datasets.DatasetDict, seed: int, split: str = "test"
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The validation tasks (plain fine-tuning's LR sweep) and the scored ones (`split`), as `--max_*_samples` cut
+    them, checked against the evaluation they must serve (`check_evaluation_plan`)."""
+    validation = take_subset(splits["validation"], script_args.max_validation_samples, seed)
+    scored = take_subset(splits[split], script_args.max_eval_samples, seed)
+    check_evaluation_plan(script_args, validation, scored)
+    return validation, scored
 
 
 def check_evaluation_plan(script_args: ScriptArguments, validation: datasets.Dataset, test: datasets.Dataset) -> None:

@@ -10,6 +10,7 @@ like any base. The package is found, never imported: its `__init__` needs the `l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -62,9 +63,16 @@ def cache_root() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's content (about 0.3 s for the 93 MB model): what the file *is*, whatever copy of it."""
+    """SHA-256 of a file's content (about 0.3 s for the 93 MB model): what the file *is*, whatever copy of it. Read
+    once per version of the file in a process (every load of the base asks)."""
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

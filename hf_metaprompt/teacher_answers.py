@@ -45,7 +45,7 @@ def add_teacher_answers(
         (
             dataset._fingerprint,
             "teacher_answers/1",
-            settings.base_model,
+            meta.current_settings().base_model,  # the recorded base, else the folder the model was loaded from
             settings.max_answer_length,
             settings.max_context_length,
             settings.max_query_length,

@@ -31,6 +31,7 @@ from .assets import base_location
 from .collator import PromptTargetCollator
 from .compat import quiet_peft_wrapping
 from .config import MetaDistillConfig
+from .fast_weights import AdaptedModules
 from .hub import DEFAULT_TAGS, PAPER, TRAINER_NAME, local_path_or_repo_id, write_checkpoint_card
 from .meta_step import MetaDistillModel
 from .settings import METAPROMPT_CONFIG_NAME
@@ -390,14 +391,10 @@ def _prepare_meta_model(model: nn.Module, args: MetaDistillConfig, peft_config: 
 
 def _all_linear(model: nn.Module, last_layers: int | None) -> str | list[str]:
     """PEFT's "all-linear", or with `lora_last_layers` (which PEFT takes only with named modules) the names of the
-    linear layers it stands for: every linear layer but the output head."""
+    linear layers it stands for: every linear layer but the output head, as the inner step finds them."""
     if last_layers is None:
         return "all-linear"
-    head = model.get_output_embeddings()
-    linear = (nn.Linear, Conv1D)
-    return sorted(
-        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, linear) and m is not head}
-    )
+    return sorted({linear.name.rsplit(".", 1)[-1] for linear in AdaptedModules.from_linear_layers(model).linears})
 
 
 def _last_layers(model: nn.Module, count: int | None) -> list[int] | None:
