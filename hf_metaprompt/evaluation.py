@@ -93,6 +93,8 @@ class ConditionEvaluator:
         max_new_tokens: generation budget; defaults to the checkpoint's `max_answer_length`.
         plain_ft_memory_gib: memory for the plain fine-tuning copies of the base's linear weights in one pass (each
             state holds a full copy and its gradient): bounds the evaluation's peak on a real model.
+        absorb_batch_size: texts per inner pass when absorbing (the step's backward holds activations per text);
+            answers are still generated `batch_size` tasks at a time.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class ConditionEvaluator:
         max_new_tokens: int | None = None,
         show_progress: bool = True,
         plain_ft_memory_gib: float = 1.0,
+        absorb_batch_size: int = 8,
     ) -> None:
         if not isinstance(texts_absorbed, int) or texts_absorbed < 1:
             raise ValueError(f"`texts_absorbed` must be a positive integer, got {texts_absorbed!r}.")
@@ -123,6 +126,9 @@ class ConditionEvaluator:
         )
         self.show_progress = show_progress
         self.plain_ft_memory_gib = plain_ft_memory_gib
+        if absorb_batch_size < 1:
+            raise ValueError(f"`absorb_batch_size` must be at least 1, got {absorb_batch_size}.")
+        self.absorb_batch_size = absorb_batch_size
         base = meta.teacher if meta.teacher is not None else meta.model.get_base_model()
         # Plain fine-tuning adapts the base's own linear layers (never the adapter's, which is off for the base).
         self.base_linears = AdaptedModules.from_linear_layers(base, skip=lambda name: ".lora_" in name)
@@ -280,9 +286,28 @@ class ConditionEvaluator:
     def _absorb(self, model, modules, lrs, ids, mask, group, **step_options) -> FastWeights:
         """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts
         the way the checkpoint combines texts (`text_composition`); the state then serves the group's rows.
-        `step_options` go to `inner_update` (the checkpoint's `inner_step_options()`, or plain fine-tuning's steps)."""
+        `step_options` go to `inner_update` (the checkpoint's `inner_step_options()`, or plain fine-tuning's steps).
+
+        At most `absorb_batch_size` texts (whole groups) per inner pass: its backward keeps every adapted layer's
+        activations, which for 32 SmolLM2 tasks read both ways peaked at 5.6 GB against 2.2 GB for 8.
+        """
         composition = self.meta.settings.text_composition
-        return absorb_groups(model, modules, lrs, ids, mask, group, composition, create_graph=False, **step_options)[0]
+        rows = group * max(1, self.absorb_batch_size // group)
+        parts = [
+            absorb_groups(
+                model,
+                modules,
+                lrs,
+                ids[start : start + rows],
+                mask[start : start + rows],
+                group,
+                composition,
+                create_graph=False,
+                **step_options,
+            )[0]
+            for start in range(0, ids.shape[0], rows)
+        ]
+        return FastWeights.cat(parts)
 
     def _generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         output = model.generate(

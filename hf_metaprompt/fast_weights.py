@@ -147,6 +147,18 @@ class FastWeights:
         """The same weights, each serving `rows_per_task` consecutive batch rows."""
         return FastWeights(self.modules, self.tensors, rows_per_task)
 
+    @classmethod
+    def cat(cls, parts: Sequence[FastWeights]) -> FastWeights:
+        """The tasks of `parts`, in order, as one state (parts made by separate passes over the same modules)."""
+        first = parts[0]
+        if any(part.modules is not first.modules or part.rows_per_task != first.rows_per_task for part in parts):
+            raise ValueError("Only fast weights of the same modules and rows per task can be joined.")
+        return cls(
+            first.modules,
+            [torch.cat(tensors) for tensors in zip(*(p.tensors for p in parts), strict=True)],
+            first.rows_per_task,
+        )
+
     def detach(self) -> FastWeights:
         return FastWeights(self.modules, [t.detach() for t in self.tensors], self.rows_per_task)
 

@@ -45,13 +45,24 @@ def context_losses(
     word_classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The inner objective per task: the contexts' mean next-token loss, plus `reversed_weight` times that of the
-    contexts read backwards (`reversed_tokens`: by token, or by entity with the tokenizer's `word_classes`)."""
-    losses = next_token_losses(model, input_ids, attention_mask, chunked_vocab)
-    if reversed_weight:
-        bos_token_id = getattr(getattr(_base_model(model), "config", None), "bos_token_id", None)
-        backwards = reversed_tokens(input_ids, attention_mask, bos_token_id, word_classes)
-        losses = losses + reversed_weight * next_token_losses(model, backwards, attention_mask, chunked_vocab)
-    return losses
+    contexts read backwards (`reversed_tokens`: by token, or by entity with the tokenizer's `word_classes`).
+
+    Both readings go through the model in one pass (twice the rows, half the kernel launches), each row followed by
+    its backwards reading: fast weights active around this call must serve `2 * k` consecutive rows per task where
+    they would serve `k` (`context_readings`).
+    """
+    if not reversed_weight:
+        return next_token_losses(model, input_ids, attention_mask, chunked_vocab)
+    bos_token_id = getattr(getattr(_base_model(model), "config", None), "bos_token_id", None)
+    backwards = reversed_tokens(input_ids, attention_mask, bos_token_id, word_classes)
+    both = torch.stack([input_ids, backwards], 1).flatten(0, 1)
+    losses = next_token_losses(model, both, attention_mask.repeat_interleave(2, 0), chunked_vocab).view(-1, 2)
+    return losses[:, 0] + reversed_weight * losses[:, 1]
+
+
+def context_readings(reversed_weight: float) -> int:
+    """Rows `context_losses` runs per context: the text, and its backwards reading where it has a weight."""
+    return 2 if reversed_weight else 1
 
 
 def reversed_tokens(
@@ -185,7 +196,8 @@ def inner_update(
         else:
             fast_weights = start.requires_grad_()
         for _ in range(steps):
-            with use_fast_weights(fast_weights, math_attention=second_order, memory_efficient=memory_efficient):
+            rows = fast_weights.for_rows(fast_weights.rows_per_task * context_readings(reversed_weight))
+            with use_fast_weights(rows, math_attention=second_order, memory_efficient=memory_efficient):
                 losses = context_losses(
                     model, input_ids, attention_mask, memory_efficient, reversed_weight, word_classes
                 )

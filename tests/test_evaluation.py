@@ -120,6 +120,21 @@ def test_texts_absorbed_absorbs_several_contexts(evaluator):
     assert evaluator.evaluate(DATA, "toy", conditions=["meta_1step"]) == single
 
 
+def test_absorbing_in_smaller_passes_changes_no_score(evaluator):
+    """The inner step's memory is bounded by absorbing a few texts per pass: the scores must not notice."""
+    for texts in (1, 3):
+        evaluator.texts_absorbed = texts
+        evaluator.absorb_batch_size = 32
+        whole = evaluator.evaluate(DATA, "toy", conditions=["meta_1step"])
+        evaluator.absorb_batch_size = 1  # one text per pass; a group of 3 still absorbs as one pass
+        parts = evaluator.evaluate(DATA, "toy", conditions=["meta_1step"])
+        assert [r["exact_match"] for r in parts] == [r["exact_match"] for r in whole]
+        for a, b in zip(parts, whole, strict=True):
+            assert a["answer_logprob"] == pytest.approx(b["answer_logprob"], abs=1e-5)
+    with pytest.raises(ValueError, match="absorb_batch_size"):
+        ConditionEvaluator(evaluator.meta, evaluator.tokenizer, absorb_batch_size=0)
+
+
 def test_prompted_all_joins_the_texts_of_a_group(evaluator):
     alone = by_condition(evaluator.evaluate(DATA, "toy", conditions=["prompted", "prompted_all"]))
     # One text per group: prompting with "all" texts is prompting with the task's own.
