@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shlex
 import sys
 from argparse import ArgumentParser
@@ -152,7 +153,13 @@ class ScriptArguments:
             "(the paper's label-free setting). Evaluation still scores against the gold answers."
         },
     )
-    data_files: str | None = field(default=None, metadata={"help": "Local data file(s) (JSON/Parquet/text)."})
+    data_files: str | None = field(
+        default=None,
+        metadata={
+            "help": "squad/text without --dataset_name: one local file (JSON/JSONL/Parquet/CSV/.txt), its texts "
+            "split 80/10/10 into train/validation/test."
+        },
+    )
     train_split: str = field(default="train", metadata={"help": "Split to meta-train on (squad/text)."})
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (squad/text)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training tasks."})
@@ -304,9 +311,9 @@ def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:
 
         splits["test"] = load_reversal_questions(script_args.dataset_name, seed=seed)
         return splits
-    if script_args.dataset_name is None and script_args.data_files is None:
-        raise ValueError(f"--task {task} needs --dataset_name (or --data_files).")
     if task in ("reversal", "character_description"):
+        if script_args.dataset_name is None:
+            raise ValueError(f"--task {task} needs --dataset_name: the reversal-curse folder or Hub id.")
         from .data.reversal import load_reversal_tasks
 
         return load_reversal_tasks(script_args.dataset_name, task=task, seed=seed)
@@ -320,11 +327,34 @@ def load_task(script_args: ScriptArguments, seed: int) -> datasets.DatasetDict:
         loader = load_text_tasks
     else:
         raise ValueError(f"Unknown --task {task!r}; choose from {TASKS}.")
-    name = script_args.dataset_name or "json"
+    if script_args.dataset_name is None:
+        if script_args.data_files is None:
+            raise ValueError(f"--task {task} needs --dataset_name (or --data_files).")
+        # One local file: its texts are cut three ways, so that no text is both trained on and scored.
+        return split_by_context(loader(script_args.data_files), seed)
+    name = script_args.dataset_name
     train = loader(name, split=script_args.train_split, dataset_config=script_args.dataset_config)
     held_out = loader(name, split=script_args.eval_split, dataset_config=script_args.dataset_config)
     halves = held_out.train_test_split(test_size=0.5, seed=seed)
     return datasets.DatasetDict(train=train, validation=halves["train"], test=halves["test"])
+
+
+def split_by_context(tasks: datasets.Dataset, seed: int, held_out: float = 0.1) -> datasets.DatasetDict:
+    """train / validation / test of one file's tasks, `held_out` of its distinct contexts each for validation and
+    test, every question of a context in the context's split."""
+    contexts = sorted(set(tasks["context"]))
+    random.Random(seed).shuffle(contexts)
+    size = max(1, round(held_out * len(contexts)))
+    if len(contexts) < 3 * size:
+        raise ValueError(f"{len(contexts)} distinct texts cannot fill train, validation and test: pass more texts.")
+    split_of = {c: "validation" for c in contexts[:size]} | {c: "test" for c in contexts[size : 2 * size]}
+    rows = [split_of.get(context, "train") for context in tasks["context"]]
+    return datasets.DatasetDict(
+        {
+            split: tasks.select([i for i, row in enumerate(rows) if row == split])
+            for split in ("train", "validation", "test")
+        }
+    )
 
 
 def take_subset(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:

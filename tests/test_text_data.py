@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hf_metaprompt.data.text import load_text_tasks
+from hf_metaprompt.pipeline import ScriptArguments, load_task, split_by_context
 
 FIXTURE = Path(__file__).parent / "fixtures" / "wikitext_small.txt"
 PASSAGES = [line.strip() for line in FIXTURE.read_text().splitlines()]
@@ -60,3 +61,21 @@ def test_json_column_split_and_max_examples(tmp_path):
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_text_tasks(FIXTURE, **kwargs)
+
+
+def test_one_local_file_is_split_three_ways_by_text(tmp_path):
+    """`--task text --data_files FILE`: every task lands in one split, and no text is both trained on and scored."""
+    words = " ".join(f"word{i}" for i in range(12))
+    passages = [
+        f"Passage {p} opens here with {words}. It goes on with {words}. Then it ends with {words}." for p in range(30)
+    ]
+    path = tmp_path / "notes.txt"
+    path.write_text("\n".join(passages) + "\n")
+    splits = load_task(ScriptArguments(task="text", data_files=str(path)), seed=0)
+    contexts = {split: set(splits[split]["context"]) for split in splits}
+    assert {split: len(rows) for split, rows in contexts.items()} == {"train": 24, "validation": 3, "test": 3}
+    assert not contexts["train"] & (contexts["validation"] | contexts["test"])
+    assert not contexts["validation"] & contexts["test"]
+    assert sum(len(splits[split]) for split in splits) == 30
+    with pytest.raises(ValueError, match="cannot fill train, validation and test"):
+        split_by_context(splits["test"].select(range(2)), seed=0)
