@@ -19,3 +19,13 @@ def test_bench_absorb_times_both_sides_on_the_shipped_checkpoint(tmp_path, monke
     figures = json.loads(out.read_text())
     assert [row["questions"] for row in figures["rows"]] == [1, 2]
     assert all(row["absorb_then_ask_s"] > figures["absorb_s"] > 0 and row["prompted_s"] > 0 for row in figures["rows"])
+
+
+def test_bench_recipe_step_times_the_recipe_it_is_given(tmp_path, monkeypatch):
+    out = tmp_path / "step.json"
+    flags = ["--task", "tiny_world", "--per_device_train_batch_size", "2", "--texts_per_episode", "2"]
+    monkeypatch.setattr(sys, "argv", ["bench_recipe_step.py", "--steps", "2", "--json", str(out), "--", *flags])
+    runpy.run_path(str(BENCHMARKS / "bench_recipe_step.py"), run_name="__main__")
+    figures = json.loads(out.read_text())
+    assert figures["flags"] == flags and figures["batch_size"] == 2
+    assert len(figures["steps_s"]) == 2 and all(s > 0 for s in figures["steps_s"]) and figures["peak_rss_gib"] > 0
