@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
+import datasets
 import torch
 from datasets import Dataset
 from datasets.fingerprint import Hasher
@@ -34,18 +36,20 @@ def add_teacher_answers(
     The answer is the continuation's first line (`tokens.first_answer_line`, the rule `ask` and the evaluation read
     answers by), within `max_answer_length` tokens, with one leading space as after "A:". Rows whose teacher says
     nothing are dropped (logged). Gold answers are kept. The result is a `datasets.map` keyed by the dataset, the
-    base and the prompt settings, so a dataset loaded from files has its teacher answers cached across runs.
+    base and the prompt settings, cached across runs (in the `datasets` cache; for a dataset held in memory, only when
+    the base has an id or path).
     """
     field = collator.answer_field
     if field in dataset.column_names and all(dataset[field]):
         return dataset
     single = dataclasses.replace(collator, texts_per_episode=1)  # every row is its own prompt here
     settings = meta.settings
+    base_model = meta.current_settings().base_model  # the recorded base, else the folder the model was loaded from
     fingerprint = Hasher.hash(
         (
             dataset._fingerprint,
             "teacher_answers/1",
-            meta.current_settings().base_model,  # the recorded base, else the folder the model was loaded from
+            base_model,
             settings.max_answer_length,
             settings.max_context_length,
             settings.max_query_length,
@@ -68,7 +72,12 @@ def add_teacher_answers(
         return {field: answers}
 
     answered = dataset.map(
-        fill, batched=True, batch_size=batch_size, new_fingerprint=fingerprint, desc="Teacher answers (made once)"
+        fill,
+        batched=True,
+        batch_size=batch_size,
+        new_fingerprint=fingerprint,
+        cache_file_name=_cache_file(dataset, base_model, fingerprint),
+        desc="Teacher answers (made once)",
     )
     kept = answered.filter(lambda row: bool(row[field]), new_fingerprint=Hasher.hash((fingerprint, "non-empty")))
     if len(kept) < len(answered):
@@ -81,6 +90,17 @@ def add_teacher_answers(
         "Teacher answers made for the label-free tasks of %d rows (reused by every step and epoch).", len(kept)
     )
     return kept
+
+
+def _cache_file(dataset: Dataset, base_model: str | None, fingerprint: str) -> str | None:
+    """Where a dataset held in memory (generated tasks, `Dataset.from_list`) keeps its teacher answers across runs:
+    `datasets` caches maps of file-backed datasets only. None (no file) for a base without an id or path, whose
+    answers another model of the same settings must never reuse."""
+    if dataset.cache_files or not base_model:
+        return None
+    folder = Path(datasets.config.HF_DATASETS_CACHE) / "hf_metaprompt"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"teacher_answers-{fingerprint}.arrow")
 
 
 @torch.no_grad()

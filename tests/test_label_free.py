@@ -116,6 +116,35 @@ def test_gold_answers_are_kept_and_only_missing_ones_generated(llama_tokenizer, 
     assert calls == [1]  # the one row without an answer
 
 
+def test_teacher_answers_of_tasks_held_in_memory_are_reused_by_a_later_run(tmp_path, llama_tokenizer, monkeypatch):
+    """Generated tasks live in memory, which `datasets` never caches: the answers are kept on disk, keyed by the base
+    (an unnamed model's are not: another random model of the same shape must not reuse them)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
+    collator = PromptTargetCollator(llama_tokenizer)
+    meta = build_meta()
+    calls = []
+    original = type(meta.model).generate
+
+    def counting_generate(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(meta.model), "generate", counting_generate)
+    rows = [{**example, "answer": ""} for example in task_examples("tiny_world")]
+    unnamed = [add_teacher_answers(Dataset.from_list(rows), meta, collator, llama_tokenizer) for _ in range(2)]
+    assert calls == [2, 2] and list(tmp_path.iterdir()) == []
+    meta.record_base_model("you/a-base")
+    calls.clear()
+    first, second = (add_teacher_answers(Dataset.from_list(rows), meta, collator, llama_tokenizer) for _ in range(2))
+    assert calls == [2]  # the second run (a new dataset object, as in a new process) read the first run's answers
+    assert first[:] == second[:] == unnamed[0][:]
+    meta.record_base_model("you/another-base")
+    add_teacher_answers(Dataset.from_list(rows), meta, collator, llama_tokenizer)
+    assert calls == [2, 2]
+
+
 def test_label_free_and_gold_batches_match_for_the_same_answer(llama_tokenizer):
     """A teacher answer, once made, is a row like any other: the same views, masks and targets as that answer given
     as gold."""
