@@ -30,6 +30,8 @@ TINY_JOB = ("outputs/tiny-world", 800, 200)
         (["--task", "people"], REAL_JOB),
         (["--task=tiny_world"], TINY_JOB),
         (["--task", "tiny_world"], TINY_JOB),
+        (["--task", "reversal_questions", "--dataset_name", "x"], ("outputs/smollm2-reversal_questions", 80, 48)),
+        (["--task", "passages", "--max_steps", "5"], ("outputs/smollm2-passages", 5, 48)),
         (["--task=reversal", "--dataset_name", "x"], None),
         (["--task", "squad", "--dataset_name", "x"], None),
         (["--model_name_or_path", "some/model"], None),

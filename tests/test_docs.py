@@ -180,6 +180,7 @@ SCRIPT_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "benchmarks/bench_absorb.py": lambda: _module("benchmarks/bench_absorb.py").build_parser(),
     "benchmarks/bench_default.py": lambda: _module("benchmarks/bench_default.py").build_parser(),
     "benchmarks/bench_label_free.py": lambda: _module("benchmarks/bench_label_free.py").build_parser(),
+    "benchmarks/bench_recipe_step.py": lambda: _module("benchmarks/bench_recipe_step.py").build_parser(),
 }
 
 
@@ -195,8 +196,14 @@ def _options(key: str) -> frozenset[str]:
 
 
 def _unknown_flags(key: str, arguments: list[str]) -> list[str]:
-    flags = [argument.split("=", 1)[0] for argument in arguments if argument.startswith("--") and argument != "--"]
-    return [f"{key}: no flag {flag}" for flag in flags if flag not in _options(key)]
+    """Flags after a bare `--` are `run_meta.py`'s: the benchmarks that take them pass them on to the job."""
+    passed_on = []
+    if "--" in arguments:
+        cut = arguments.index("--")
+        arguments, passed_on = arguments[:cut], arguments[cut + 1 :]
+    flags = [argument.split("=", 1)[0] for argument in arguments if argument.startswith("--")]
+    problems = [f"{key}: no flag {flag}" for flag in flags if flag not in _options(key)]
+    return problems + (_unknown_flags("examples/run_meta.py", passed_on) if passed_on else [])
 
 
 # ----- checking a command
@@ -396,6 +403,7 @@ hf-metaprompt eval outputs/tiny-world --task tiny_world [--texts_absorbed 1 2] -
 hf-metaprompt absorb outputs/tiny-world --text notes.txt --ask "Q: Who?\\nA:" && hf-metaprompt trane
 python benchmarks/bench_meta_step.py --num_tasks 4 --num_task 4 | tee out.txt
 python benchmarks/bench_absorb.py --threads 1 --thread 1; python examples/pretrain_tiny.py --hidden_sizes 8
+python benchmarks/bench_recipe_step.py --steps 2 --step 2 -- --lora_last_layers 15 --lora_last_layer 15
 pip install --upgrade -e ".[dev]" && python -m pytest -m "not slow" -q --durations 5
 python examples/no_such_script.py --x 1
 bash examples/no_such_script.sh
@@ -414,6 +422,8 @@ $ hf-metaprompt push outputs/tiny-world you/repo --privat
         "doc.md:5: benchmarks/bench_meta_step.py: no flag --num_task",
         "doc.md:5: benchmarks/bench_absorb.py: no flag --thread",
         "doc.md:5: examples/pretrain_tiny.py: no flag --hidden_sizes",
+        "doc.md:5: benchmarks/bench_recipe_step.py: no flag --step",
+        "doc.md:5: examples/run_meta.py: no flag --lora_last_layer",
         "doc.md:5: examples/no_such_script.py: no such file",
         "doc.md:5: bash examples/no_such_script.sh: no such file",
         "doc.md:18: hf-metaprompt push: no flag --privat",
