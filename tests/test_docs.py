@@ -426,7 +426,7 @@ $ hf-metaprompt push outputs/tiny-world you/repo --privat
         "doc.md:5: examples/run_meta.py: no flag --lora_last_layer",
         "doc.md:5: examples/no_such_script.py: no such file",
         "doc.md:5: bash examples/no_such_script.sh: no such file",
-        "doc.md:18: hf-metaprompt push: no flag --privat",
+        "doc.md:19: hf-metaprompt push: no flag --privat",
         "doc.md (`python examples/run_meta.py --max_stepz 3`): examples/run_meta.py: no flag --max_stepz",
     ]
 
