@@ -23,8 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_metaprompt import MetaDistillTrainer
-from hf_metaprompt.assets import SMOLLM2_ID, TINY_BASE_ID, base_location
-from hf_metaprompt.pipeline import load_task, parse_args, take_subset
+from hf_metaprompt.assets import base_location
+from hf_metaprompt.pipeline import base_model, load_task, parse_args, take_subset
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def time_steps(flags: list[str], steps: int) -> dict:
     torch.manual_seed(config.seed)
     per_step = config.per_device_train_batch_size
     train = take_subset(load_task(script_args, config.seed)["train"], per_step * (steps + 1), config.seed)
-    base = script_args.model_name_or_path or (TINY_BASE_ID if script_args.task == "tiny_world" else SMOLLM2_ID)
-    path = base_location(base)
+    path = base_location(base_model(script_args))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, **(config.model_init_kwargs or {}))
     trainer = MetaDistillTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)

