@@ -21,9 +21,11 @@ pytestmark = needs_smollm2
 REVERSAL_DIR = Path(__file__).parent / "fixtures" / "reversal_curse"
 RECIPE = Path(__file__).parents[1] / "examples" / "smollm2_checkpoint.sh"
 # Measured once on these 30 questions (the p2d people, stated name first, asked "Q: Who is <description>?"), one
-# thread: 23 of 30 named after one step, as `hf-metaprompt eval` counts them (0.767). The base prompted with the fact
+# thread: 22 of 30 named after one step, as `hf-metaprompt eval` counts them (0.733). The base prompted with the fact
 # names 16 of them (0.533); plain fine-tuning none.
-MEASURED_REVERSED = 23
+MEASURED_REVERSED = 22
+# Berglund's 60 name questions (both directions), their texts absorbed four at a time in fixture order: 9 of 60.
+MEASURED_FOUR_TEXTS = 9
 MARGIN = 3
 # The card's usage example: one of the test people's facts, asked in reverse.
 CARD_PERSON = "Daphne Barrington"
@@ -62,6 +64,21 @@ def test_reversed_questions_are_answered_after_one_step_and_not_before(model, re
     assert named(answers, reversed_questions) >= MEASURED_REVERSED - MARGIN
 
 
+def test_four_facts_absorbed_together_are_held(model):
+    """Four people's facts in one state (the way the checkpoint was meta-trained to hold them), then each of the four
+    asked for a name: the adapter meta-trained on one text per update named 2 of these 60 after four texts."""
+    assert model.settings.text_composition == "additive"
+    questions = load_reversal_questions(REVERSAL_DIR)
+    tasks = questions.select([i for i, row in enumerate(questions) if row["answer_kind"] == "name"])
+    assert len(tasks) == 60 and len(set(tasks["context"])) == 60
+    answers = []
+    for start in range(0, len(tasks), 4):
+        group = tasks.select(range(start, start + 4))
+        answers += model.reset().absorb(list(group["context"])).ask(list(group["query"]))
+    model.reset()
+    assert named(answers, tasks) >= MEASURED_FOUR_TEXTS - MARGIN
+
+
 def test_the_card_example_works_as_the_card_says(model):
     card = recorded_card_inputs(smollm2_metaprompt_path() / "README.md")
     question = card["example_question"]
@@ -72,7 +89,8 @@ def test_the_card_example_works_as_the_card_says(model):
 
 
 def test_the_recipe_rebuilds_these_settings(model):
-    lines = RECIPE.read_text().split("python examples/run_meta.py", 1)[1].split("\n")
+    # The last stage made the shipped adapter (the earlier ones are its --init_from).
+    lines = RECIPE.read_text().split("python examples/run_meta.py")[-1].split("\n")
     command = []
     for line in lines:
         command.append(line.rstrip("\\"))
@@ -89,6 +107,8 @@ def test_the_recipe_rebuilds_these_settings(model):
         "max_answer_length",
         "max_context_length",
         "texts_per_episode",
+        "vary_texts_per_episode",
+        "text_composition",
     ):
         assert getattr(model.settings, name) == getattr(config, name), name
     assert config.lora_r == model.meta.model.peft_config["default"].r
