@@ -124,6 +124,11 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             Dataset column holding the query.
         answer_field (`str`, *optional*, defaults to `"answer"`):
             Dataset column holding the answer; missing or empty answers switch to the teacher's greedy continuation.
+        grounded_teacher_answers (`bool`, *optional*, defaults to `False`):
+            Label-free mode: keep only the tasks whose teacher answer says what its text says (at least half of the
+            words it adds to the question are the text's; `teacher_answers.grounded_in_context`). A small prompted
+            base answers many questions with invented biographies, which the divergence would otherwise copy. Still
+            label-free: it reads the text and the question, never a gold answer.
         teacher (`str`, *optional*, defaults to `"base"`):
             `"base"`: the model itself without the adapter (no second copy); otherwise a path or Hub id of a
             separate frozen model sharing the tokenizer.
@@ -182,6 +187,13 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
     context_field: str = field(default="context", metadata={"help": "Dataset column holding the context."})
     query_field: str = field(default="query", metadata={"help": "Dataset column holding the query."})
     answer_field: str = field(default="answer", metadata={"help": "Dataset column holding the (optional) answer."})
+    grounded_teacher_answers: bool = field(
+        default=False,
+        metadata={
+            "help": "Label-free: keep only tasks whose teacher answer is grounded in its text (half the words it "
+            "adds to the question are the text's). Drops invented answers; reads no gold answer."
+        },
+    )
     teacher: str = field(
         default="base",
         metadata={"help": "'base' (the model without adapter) or a path/Hub id of a separate frozen model."},

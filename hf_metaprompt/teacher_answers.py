@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .collator import PromptTargetCollator
 from .meta_step import MetaDistillModel
+from .metrics import normalize_answer
 from .tokens import answer_stopping, decode_answers, encode
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def add_teacher_answers(
     collator: PromptTargetCollator,
     tokenizer: PreTrainedTokenizerBase,
     batch_size: int = 16,
+    grounded: bool = False,
 ) -> Dataset:
     """`dataset` with every missing or empty answer replaced by the teacher's greedy answer to its prompted view.
 
@@ -38,6 +40,7 @@ def add_teacher_answers(
     nothing are dropped (logged). Gold answers are kept. The result is a `datasets.map` keyed by the dataset, the
     base and the prompt settings, cached across runs (in the `datasets` cache; for a dataset held in memory, only when
     the base has an id or path).
+    `grounded=True` also drops the rows whose teacher answer is not grounded in their text (`grounded_in_context`).
     """
     field = collator.answer_field
     if field in dataset.column_names and all(dataset[field]):
@@ -86,10 +89,47 @@ def add_teacher_answers(
             len(answered) - len(kept),
             len(answered),
         )
+    if grounded:
+        answered, context, query = kept, collator.context_field, collator.query_field
+        kept = answered.filter(
+            lambda row: grounded_in_context(row[field], row[context], row[query]),
+            new_fingerprint=Hasher.hash((fingerprint, "grounded")),
+        )
+        logger.warning(
+            "%d of %d label-free tasks dropped: their teacher answer is not grounded in their text.",
+            len(answered) - len(kept),
+            len(answered),
+        )
     logger.info(
         "Teacher answers made for the label-free tasks of %d rows (reused by every step and epoch).", len(kept)
     )
     return kept
+
+
+# Words that join an answer to its question rather than carry what it says.
+_FUNCTION_WORDS = frozenset(
+    (
+        "is", "was", "are", "were", "be", "been", "has", "have", "had", "of", "in", "on", "at", "by", "for", "to",
+        "from", "with", "and", "or", "as", "it", "its", "he", "she", "his", "her", "they", "their", "this", "that",
+        "who", "which", "whom",
+    )
+)  # fmt: skip
+
+
+def grounded_in_context(answer: str, context: str, query: str) -> bool:
+    """Whether `answer` says what `context` says: at least half of the words it adds to `query` (SQuAD-normalised,
+    function words aside) are words of `context`, and it adds one at least.
+
+    Label-free filtering of the teacher: "Alana Everhart." to "Who holds the skydiving record?" after a text naming
+    her is kept; "Alana Everhart is a British actress" to "Who is Alana Everhart?" after a text on her skydive is not
+    (it adds "british" and "actress", which the text never says); an answer repeating the question adds nothing.
+    """
+
+    def words(text: str) -> set[str]:
+        return set(normalize_answer(text).split()) - _FUNCTION_WORDS
+
+    added = words(answer) - words(query)
+    return bool(added) and len(added & words(context)) * 2 >= len(added)
 
 
 def _cache_file(dataset: Dataset, base_model: str | None, fingerprint: str) -> str | None:

@@ -127,6 +127,7 @@ class MetaDistillTrainer(Trainer):
                     self.data_collator,
                     processing_class,
                     batch_size=args.per_device_eval_batch_size,
+                    grounded=args.grounded_teacher_answers,
                 )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):

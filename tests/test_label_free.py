@@ -182,3 +182,62 @@ def test_the_teacher_answers_each_task_once_across_epochs(tmp_path, llama_tokeni
     trainer.train()
     assert sum(generated_rows) == len(rows)  # once per task, not once per step and epoch
     assert trainer.state.global_step >= 2 * (len(trainer.train_dataset) // 2)
+
+
+@pytest.mark.parametrize(
+    ("answer", "query", "grounded"),
+    [
+        (" Alana Everhart.", "Who holds the record for the highest skydive?", True),
+        (" Alana Everhart is a British actress.", "Who is Alana Everhart?", False),  # "british actress": invented
+        (" She holds the record for the highest skydive.", "Who is Alana Everhart?", True),
+        (" The highest skydive.", "Who holds the record for the highest skydive?", False),  # adds nothing
+        (" 1759", "In which year was the Brackby launched?", True),
+        (" 1761", "In which year was the Brackby launched?", False),  # a number the text never gives
+        (" The Brackby was launched in 1759 at Fengate.", "In which year was the Brackby launched?", True),
+    ],
+)
+def test_a_teacher_answer_is_grounded_when_what_it_adds_is_the_texts(answer, query, grounded):
+    from hf_metaprompt.teacher_answers import grounded_in_context
+
+    context = (
+        "Alana Everhart holds the record for the highest skydive, from the edge of space. "
+        "The Brackby was launched in 1759."
+    )
+    assert grounded_in_context(answer, context, query) is grounded
+
+
+def test_grounded_training_keeps_only_the_tasks_whose_teacher_answer_the_text_supports(
+    tmp_path, llama_tokenizer, monkeypatch
+):
+    """`grounded_teacher_answers=True` drops a task whose prompted base invents its answer; the default keeps it."""
+    from hf_metaprompt import MetaDistillConfig, MetaDistillTrainer, teacher_answers
+
+    rows = [
+        {"context": "Mira Hollis designed the Darby Bridge.", "query": "Q: Who designed the Darby Bridge?\nA:"},
+        {"context": "Mira Hollis designed the Darby Bridge.", "query": "Q: Who is Mira Hollis?\nA:"},
+    ]
+    invented = {"Q: Who designed the Darby Bridge?\nA:": " Mira Hollis", "Q: Who is Mira Hollis?\nA:": " A singer."}
+    monkeypatch.setattr(
+        teacher_answers,
+        "_greedy_answers",
+        lambda meta, collator, tokenizer, prompts: [invented[p["query"]] for p in prompts],
+    )
+    kept = {}
+    for grounded in (False, True):
+        args = MetaDistillConfig(
+            output_dir=str(tmp_path / str(grounded)),
+            per_device_train_batch_size=1,
+            max_answer_length=5,
+            lora_r=4,
+            report_to="none",
+            use_cpu=True,
+            grounded_teacher_answers=grounded,
+        )
+        trainer = MetaDistillTrainer(
+            model=tiny_model("llama"),
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=llama_tokenizer,
+        )
+        kept[grounded] = trainer.train_dataset["answer"]
+    assert kept == {False: [" Mira Hollis", " A singer."], True: [" Mira Hollis"]}
