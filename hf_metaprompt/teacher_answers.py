@@ -40,10 +40,13 @@ def add_teacher_answers(
     nothing are dropped (logged). Gold answers are kept. The result is a `datasets.map` keyed by the dataset, the
     base and the prompt settings, cached across runs (in the `datasets` cache; for a dataset held in memory, only when
     the base has an id or path).
-    `grounded=True` also drops the rows whose teacher answer is not grounded in their text (`grounded_in_context`).
+    `grounded=True` also drops the rows whose answer is not grounded in their text (`grounded_in_context`): every
+    row's, a gold answer of a partly answered dataset too.
     """
     field = collator.answer_field
     if field in dataset.column_names and all(dataset[field]):
+        if grounded:
+            logger.warning("grounded=True changes nothing here: every row has a gold answer (no teacher answer made).")
         return dataset
     single = dataclasses.replace(collator, texts_per_episode=1)  # every row is its own prompt here
     settings = meta.settings

@@ -241,3 +241,16 @@ def test_grounded_training_keeps_only_the_tasks_whose_teacher_answer_the_text_su
         )
         kept[grounded] = trainer.train_dataset["answer"]
     assert kept == {False: [" Mira Hollis", " A singer."], True: [" Mira Hollis"]}
+
+
+def test_grounding_a_fully_answered_dataset_says_it_changes_nothing(llama_tokenizer, caplog):
+    rows = [{**example, "answer": " Alice Moreau"} for example in task_examples("tiny_world")]
+    with caplog.at_level("WARNING", logger="hf_metaprompt.teacher_answers"):
+        kept = add_teacher_answers(
+            Dataset.from_list(rows),
+            build_meta(),
+            PromptTargetCollator(llama_tokenizer),
+            llama_tokenizer,
+            grounded=True,
+        )
+    assert len(kept) == len(rows) and "every row has a gold answer" in caplog.text
