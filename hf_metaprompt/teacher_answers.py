@@ -46,7 +46,10 @@ def add_teacher_answers(
     field = collator.answer_field
     if field in dataset.column_names and all(dataset[field]):
         if grounded:
-            logger.warning("grounded=True changes nothing here: every row has a gold answer (no teacher answer made).")
+            logger.warning(
+                "grounded_teacher_answers changes nothing here: every row has a gold answer, so no teacher answer is "
+                "made to check. Drop the answers (--label_free) to train label-free."
+            )
         return dataset
     single = dataclasses.replace(collator, texts_per_episode=1)  # every row is its own prompt here
     settings = meta.settings

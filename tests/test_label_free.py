@@ -15,7 +15,7 @@ from hf_metaprompt.data.reversal import load_reversal_tasks
 from hf_metaprompt.data.squad import load_squad_tasks
 from hf_metaprompt.data.text import load_text_tasks
 from hf_metaprompt.data.tiny_world import load_tiny_world
-from hf_metaprompt.teacher_answers import add_teacher_answers
+from hf_metaprompt.teacher_answers import add_teacher_answers, grounded_in_context
 from hf_metaprompt.tokens import first_answer_line
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -197,8 +197,6 @@ def test_the_teacher_answers_each_task_once_across_epochs(tmp_path, llama_tokeni
     ],
 )
 def test_a_teacher_answer_is_grounded_when_what_it_adds_is_the_texts(answer, query, grounded):
-    from hf_metaprompt.teacher_answers import grounded_in_context
-
     context = (
         "Alana Everhart holds the record for the highest skydive, from the edge of space. "
         "The Brackby was launched in 1759."
