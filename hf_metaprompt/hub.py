@@ -170,7 +170,12 @@ def _texts_phrase(inner_settings: Mapping[str, Any]) -> str:
     texts = inner_settings.get("texts_per_episode", 1)
     composition = inner_settings.get("text_composition", "sequential")
     how = "each update adding to the others" if composition == "additive" else "each step continuing the previous"
-    episodes = "one text" if texts == 1 else f"episodes of {texts} texts"
+    if texts == 1:
+        episodes = "one text"
+    elif inner_settings.get("vary_texts_per_episode", False):
+        episodes = f"episodes of 1 to {texts} texts (a power of two, drawn per batch)"
+    else:
+        episodes = f"episodes of {texts} texts"
     return f"this checkpoint was meta-trained on {episodes}, {how}"
 
 

@@ -226,6 +226,10 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
     assert "| tiny_world | 16 | first_text | meta_1step | forward | 0.500 |" in card.text
     assert "episodes of 8 texts, each update adding to the others" in card.text
     assert "absorb(...) adds texts: meta-trained for up to 8" in card.text
+    varied = build_model_card(
+        **_card_kwargs(eval_results=curve, inner_settings={**settings, "vary_texts_per_episode": True})
+    )
+    assert "episodes of 1 to 8 texts (a power of two, drawn per batch), each update adding" in varied.text
     one_text = build_model_card(**_card_kwargs(eval_results=curve))
     assert "forget the absorbed text before absorbing another one" in one_text.text
 

@@ -24,8 +24,8 @@ RECIPE = Path(__file__).parents[1] / "examples" / "smollm2_checkpoint.sh"
 # thread: 22 of 30 named after one step, as `hf-metaprompt eval` counts them (0.733). The base prompted with the fact
 # names 16 of them (0.533); plain fine-tuning none.
 MEASURED_REVERSED = 22
-# Berglund's 60 name questions (both directions), their texts absorbed four at a time in fixture order: 9 of 60.
-MEASURED_FOUR_TEXTS = 9
+# Berglund's 60 name questions (both directions), their texts absorbed four at a time in fixture order: 8 of 60.
+MEASURED_FOUR_TEXTS = 8
 MARGIN = 3
 # The card's usage example: one of the test people's facts, asked in reverse.
 CARD_PERSON = "Daphne Barrington"
