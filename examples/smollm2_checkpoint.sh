@@ -18,8 +18,8 @@
 #
 # Time on the 2-core CPU machine, one thread, another run beside it: stage 1 about 12.5 s per meta-step (1 h for 300
 # steps), stage 2 about 13 s (1 h 25 min for 400 steps), stage 3 about 29 s at batch 8 (1 h 14 min for 150 steps;
-# a GPU does each in minutes). Floating-point results depend on
-# the device and the thread count: the shipped adapter was made with one thread, as below.
+# a GPU does each in minutes). Floating-point results depend on the device and the thread count: the shipped adapter
+# was made with one thread, as below.
 #
 #   bash examples/smollm2_checkpoint.sh [OUTPUT_DIR]
 set -euo pipefail
