@@ -26,6 +26,7 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .assets import SMOLLM2_ID, TINY_BASE_ID
+from .settings import MetaPromptSettings, episode_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -166,16 +167,20 @@ def _format_metric(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _episode_lengths(inner_settings: Mapping[str, Any]) -> list[int]:
+    return episode_lengths(
+        inner_settings.get("texts_per_episode", 1), inner_settings.get("vary_texts_per_episode", False)
+    )
+
+
 def _texts_phrase(inner_settings: Mapping[str, Any]) -> str:
-    texts = inner_settings.get("texts_per_episode", 1)
+    lengths = _episode_lengths(inner_settings)
     composition = inner_settings.get("text_composition", "sequential")
     how = "each update adding to the others" if composition == "additive" else "each step continuing the previous"
-    if texts == 1:
-        episodes = "one text"
-    elif inner_settings.get("vary_texts_per_episode", False):
-        episodes = f"episodes of 1 to {texts} texts (a power of two, drawn per batch)"
+    if len(lengths) > 1:
+        episodes = f"episodes of 1 to {max(lengths)} texts (a power of two, drawn per batch)"
     else:
-        episodes = f"episodes of {texts} texts"
+        episodes = "one text" if lengths == [1] else f"episodes of {lengths[0]} texts"
     return f"this checkpoint was meta-trained on {episodes}, {how}"
 
 
@@ -328,7 +333,7 @@ def build_model_card(
         inner_steps_phrase=inner_steps_phrase,
         inner_loss_phrase=_inner_loss_phrase(inner_settings),
         texts_phrase=_texts_phrase(inner_settings),
-        texts_per_episode=inner_settings.get("texts_per_episode", 1),
+        texts_per_episode=max(_episode_lengths(inner_settings)),  # the most texts one update was trained for
         answer_loss_weight=inner_settings.get("answer_loss_weight", 0.0),
         inner_rows=_inner_rows(inner_settings),
         inner_lr_rows=[(module, _format_value(float(lr))) for module, lr in inner_lrs.items()],
@@ -422,8 +427,6 @@ def push_checkpoint(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.utils import filter_repo_objects
-
-    from .settings import MetaPromptSettings
 
     folder = Path(folder)
     settings = MetaPromptSettings.load(folder)

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 from .fast_weights import AdaptedModules, FastWeights, checkpoint_context_fn, use_fast_weights
 from .inner import absorb_groups, check_attention_supports_meta_gradient, position_ids_from_mask
 from .losses import distillation_divergence, mix_answer_loss, token_logprobs
-from .settings import MetaPromptSettings
+from .settings import MetaPromptSettings, episode_lengths
 from .tokens import IGNORE_INDEX, target_window
 
 
@@ -184,7 +184,7 @@ class MetaDistillModel(nn.Module):
         most = self.settings.texts_per_episode
         if not (self.settings.vary_texts_per_episode and self.training):
             return most
-        choices = [2**k for k in range(most.bit_length()) if most % 2**k == 0]  # each divides the batch
+        choices = episode_lengths(most, vary=True)
         return choices[int(torch.randint(len(choices), ()))]
 
     def absorb_episodes(

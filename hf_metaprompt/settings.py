@@ -19,6 +19,14 @@ TEXT_COMPOSITIONS = ("sequential", "additive")
 REVERSAL_UNITS = ("token", "entity")
 
 
+def episode_lengths(texts_per_episode: int, vary: bool) -> list[int]:
+    """The episode lengths meta-training draws from: `texts_per_episode` alone, or with `vary` the powers of two
+    dividing it (so that each divides the batch); the model card describes a checkpoint by the same list."""
+    if not vary:
+        return [texts_per_episode]
+    return [2**k for k in range(texts_per_episode.bit_length()) if texts_per_episode % 2**k == 0]
+
+
 @dataclass
 class MetaPromptFields:
     """The inner-loop, distillation and length fields, declared once.
@@ -47,7 +55,7 @@ class MetaPromptFields:
     )
     vary_texts_per_episode: bool = field(
         default=False,
-        metadata={"help": "Draw each batch's episode length from the powers of two up to texts_per_episode."},
+        metadata={"help": "Draw each batch's episode length from the powers of two dividing texts_per_episode."},
     )
     text_composition: str = field(
         default="sequential",

@@ -230,6 +230,13 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
         **_card_kwargs(eval_results=curve, inner_settings={**settings, "vary_texts_per_episode": True})
     )
     assert "episodes of 1 to 8 texts (a power of two, drawn per batch), each update adding" in varied.text
+    six = build_model_card(  # 6 varied draws 1 or 2 texts (the powers of two dividing 6): the card says so
+        **_card_kwargs(
+            eval_results=curve, inner_settings={**settings, "texts_per_episode": 6, "vary_texts_per_episode": True}
+        )
+    )
+    assert "episodes of 1 to 2 texts (a power of two, drawn per batch)" in six.text
+    assert "meta-trained for up to 2)" in six.text
     one_text = build_model_card(**_card_kwargs(eval_results=curve))
     assert "forget the absorbed text before absorbing another one" in one_text.text
 
