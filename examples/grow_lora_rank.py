@@ -60,14 +60,18 @@ def grow_lora_rank(checkpoint: str | Path, output_dir: str | Path, rank: int, se
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> Path:
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a folder save_pretrained wrote (a LoRA adapter)")
     parser.add_argument("output_dir", type=Path, help="where the grown checkpoint goes")
     parser.add_argument("--rank", type=int, required=True, help="the new LoRA rank (larger than the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new rows of A")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = build_parser().parse_args(argv)
     return grow_lora_rank(args.checkpoint, args.output_dir, args.rank, args.seed)
 
 

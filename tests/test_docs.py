@@ -174,6 +174,7 @@ SCRIPT_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "examples/run_meta.py": _run_meta_parser,
     "examples/evaluate.py": lambda: _cli_parsers()["eval"],
     "examples/pretrain_tiny.py": lambda: _module("examples/pretrain_tiny.py").build_parser(),
+    "examples/grow_lora_rank.py": lambda: _module("examples/grow_lora_rank.py").build_parser(),
     "benchmarks/bench_meta_step.py": lambda: HfArgumentParser(
         _module("benchmarks/bench_meta_step.py").BenchmarkArguments
     ),
