@@ -84,7 +84,9 @@ def code_blocks(text: str, source: str) -> list[Block]:
         closing = re.compile(rf"^ *{re.escape(fence[0])}{{{len(fence)},}}\s*$")
         body, index = [], index + 1
         while index < len(lines) and not closing.match(lines[index]):
-            body.append(lines[index][indent:] if lines[index][:indent].isspace() else lines[index].lstrip())
+            line = lines[index]
+            # A block indented in a list keeps its own indentation relative to its fence (none at the margin).
+            body.append(line[indent:] if not line[:indent].strip() else line.lstrip())
             index += 1
         if index == len(lines):
             raise ValueError(f"{source}:{start + 1}: the code block is never closed")
