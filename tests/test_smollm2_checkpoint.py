@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import needs_smollm2
+from safetensors.torch import load_file
 
 from hf_metaprompt import MetaPromptModel
 from hf_metaprompt.assets import SMOLLM2_ID, smollm2_metaprompt_path
@@ -21,11 +22,11 @@ pytestmark = needs_smollm2
 REVERSAL_DIR = Path(__file__).parent / "fixtures" / "reversal_curse"
 RECIPE = Path(__file__).parents[1] / "examples" / "smollm2_checkpoint.sh"
 # Measured once on these 30 questions (the p2d people, stated name first, asked "Q: Who is <description>?"), one
-# thread: 22 of 30 named after one step, as `hf-metaprompt eval` counts them (0.733). The base prompted with the fact
+# thread: 23 of 30 named after one step, as `hf-metaprompt eval` counts them (0.767). The base prompted with the fact
 # names 16 of them (0.533); plain fine-tuning none.
-MEASURED_REVERSED = 22
-# Berglund's 60 name questions (both directions), their texts absorbed four at a time in fixture order: 8 of 60.
-MEASURED_FOUR_TEXTS = 8
+MEASURED_REVERSED = 23
+# Berglund's 60 name questions (both directions), their texts absorbed four at a time in fixture order: 13 of 60.
+MEASURED_FOUR_TEXTS = 13
 MARGIN = 3
 # The card's usage example: one of the test people's facts, asked in reverse.
 CARD_PERSON = "Daphne Barrington"
@@ -48,11 +49,18 @@ def named(answers: list[str], tasks) -> int:
     return int(sum(answer_match(a, t["answer"], "name") for a, t in zip(answers, tasks, strict=True)))
 
 
-def test_the_adapter_records_its_base_and_is_small(model):
+def test_the_adapter_records_its_base_and_holds_lora_weights_only(model):
     assert model.settings.base_model == SMOLLM2_ID
     assert model.settings.uses_adapter
-    size = (smollm2_metaprompt_path() / "adapter_model.safetensors").stat().st_size
-    assert size < 25 * 2**20
+    path = smollm2_metaprompt_path() / "adapter_model.safetensors"
+    state = load_file(path)
+    rank = model.meta.model.peft_config["default"].r
+    # No embeddings or base weights saved with it (the base alone is 517 MB): every tensor is a LoRA factor.
+    assert all(
+        ".lora_A." in name and weight.shape[0] == rank for name, weight in state.items() if ".lora_B." not in name
+    )
+    assert all(weight.shape[1] == rank for name, weight in state.items() if ".lora_B." in name)
+    assert path.stat().st_size < 100 * 2**20
 
 
 def test_reversed_questions_are_answered_after_one_step_and_not_before(model, reversed_questions):
