@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# A Trainer checkpoint's resume state belongs to the old shapes: copied, it would make the grown folder look resumable.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json", "training_args.bin")
 
 
 def grow_lora_rank(checkpoint: str | Path, output_dir: str | Path, rank: int, seed: int = 0) -> Path:
@@ -53,7 +55,7 @@ def grow_lora_rank(checkpoint: str | Path, output_dir: str | Path, rank: int, se
     if not any(".lora_A." in name for name in grown):
         raise ValueError(f"{checkpoint / ADAPTER_WEIGHTS} holds no LoRA weights: is it a LoRA checkpoint?")
 
-    shutil.copytree(checkpoint, output_dir, dirs_exist_ok=True)
+    shutil.copytree(checkpoint, output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*TRAINING_STATE))
     (output_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file(grown, output_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     logger.info("Grew %s from rank %d to %d (lora_alpha %s) into %s", checkpoint, old_rank, rank, alpha, output_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -54,7 +55,13 @@ def test_grown_adapter_answers_as_before_without_a_step_and_uses_its_room_in_one
 
 
 def test_grown_checkpoint_continues_training_at_its_rank(grow, checkpoint, tmp_path):
-    grown = grow([str(checkpoint[0]), str(tmp_path / "grown"), "--rank", "8"])
+    # From a Trainer checkpoint: its optimizer state fits the old rank and is not carried over.
+    source = tmp_path / "checkpoint-4"
+    shutil.copytree(checkpoint[0], source)
+    (source / "optimizer.pt").write_bytes(b"old shapes")
+    (source / "trainer_state.json").write_text("{}")
+    grown = grow([str(source), str(tmp_path / "grown"), "--rank", "8"])
+    assert not (grown / "optimizer.pt").exists() and not (grown / "trainer_state.json").exists()
     trainer = MetaDistillTrainer(
         model=AutoModelForCausalLM.from_pretrained(checkpoint[1]),
         args=config(tmp_path, max_steps=2, lora_r=8, lora_alpha=16),
