@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hf_metaprompt.metaprompt_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # A Trainer checkpoint's resume state belongs to the old shapes: copied, it would make the grown folder look resumable.
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json", "training_args.bin")
 
@@ -32,7 +32,7 @@ TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_sta
 def grow_lora_rank(checkpoint: str | Path, output_dir: str | Path, rank: int, seed: int = 0) -> Path:
     """Write `checkpoint` to `output_dir` with its LoRA rank grown to `rank` (same function without a step)."""
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
-    config = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
+    config = json.loads((checkpoint / ADAPTER_CONFIG_NAME).read_text())
     old_rank = config["r"]
     if rank <= old_rank:
         raise ValueError(f"--rank {rank}: the checkpoint's rank is already {old_rank}; pass a larger --rank.")
@@ -43,7 +43,7 @@ def grow_lora_rank(checkpoint: str | Path, output_dir: str | Path, rank: int, se
 
     generator = torch.Generator().manual_seed(seed)
     grown = {}
-    for name, weight in load_file(checkpoint / ADAPTER_WEIGHTS).items():
+    for name, weight in load_file(checkpoint / ADAPTER_WEIGHTS_NAME).items():
         if ".lora_A." in name:  # [r, in]: new rows as PEFT draws them (kaiming_uniform_ with a = sqrt(5))
             bound = 1 / math.sqrt(weight.shape[1])
             new = torch.empty(rank - old_rank, weight.shape[1]).uniform_(-bound, bound, generator=generator)
@@ -53,12 +53,19 @@ def grow_lora_rank(checkpoint: str | Path, output_dir: str | Path, rank: int, se
         else:
             grown[name] = weight
     if not any(".lora_A." in name for name in grown):
-        raise ValueError(f"{checkpoint / ADAPTER_WEIGHTS} holds no LoRA weights: is it a LoRA checkpoint?")
+        raise ValueError(f"{checkpoint / ADAPTER_WEIGHTS_NAME} holds no LoRA weights: is it a LoRA checkpoint?")
 
     shutil.copytree(checkpoint, output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*TRAINING_STATE))
-    (output_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(grown, output_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    logger.info("Grew %s from rank %d to %d (lora_alpha %s) into %s", checkpoint, old_rank, rank, alpha, output_dir)
+    (output_dir / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(grown, output_dir / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+    logger.info(
+        "Grew %s from rank %d to %d (lora_alpha %s) into %s",
+        checkpoint,
+        old_rank,
+        rank,
+        config["lora_alpha"],
+        output_dir,
+    )
     return output_dir
 
 
