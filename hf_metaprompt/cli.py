@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from huggingface_hub.errors import HTTPError as HubHTTPError
 from transformers import HfArgumentParser
 
+from .settings import TEXT_MEMORIES
+
 if TYPE_CHECKING:
     from .pipeline import ScriptArguments
 
@@ -48,6 +50,14 @@ class EvalArguments:
             "help": "Held-out split to score (at most --max_eval_samples tasks): compare recipes on validation, "
             "report test.",
             "choices": ["test", "validation"],
+        },
+    )
+    text_memory: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the checkpoint holds several texts (--texts_absorbed > 1): 'shared' or 'per_text' (see "
+            "MetaDistillConfig). Default: as its metaprompt_config.json records.",
+            "choices": list(TEXT_MEMORIES),
         },
     )
 
@@ -165,7 +175,7 @@ def _evaluate(script_args: ScriptArguments, args: EvalArguments, positional: arg
     # Checked before the model is loaded.
     validation, test = held_out_splits(script_args, load_task(script_args, args.seed), args.seed, args.split)
     needs_base = bool(set(script_args.conditions) - set(META_CONDITIONS))
-    model = MetaPromptModel.from_pretrained(positional.checkpoint, load_base=needs_base)
+    model = MetaPromptModel.from_pretrained(positional.checkpoint, load_base=needs_base, text_memory=args.text_memory)
     rows = evaluate_all(
         model.meta,
         model.tokenizer,

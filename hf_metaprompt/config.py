@@ -51,6 +51,11 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
             starts from the weights the previous text left) or `"additive"` (each text's update is computed from the
             meta-trained weights and the updates add up: absorbing N texts is one gradient step on the sum of their
             losses, whatever their order; needs `inner_steps=1`).
+        text_memory (`str`, *optional*, defaults to `"shared"`):
+            How the checkpoint holds several texts when it absorbs them (and when its evaluation does): `"shared"`
+            (one state, the texts combined as `text_composition` says) or `"per_text"` (each text's update kept
+            apart, and each query answered with the update under which the query itself is most likely, see
+            `hf_metaprompt.routing`). Recorded in the checkpoint; meta-training never reads it.
         reversed_context_weight (`float`, *optional*, defaults to `0.0`):
             Weight of a second term of the inner loss: next-token loss on each context read backwards (its tokens
             reversed, a leading BOS kept first), which predicts each token from the ones after it, as reverse

@@ -13,7 +13,9 @@ Conditions (for each task: a context, a query, a gold answer):
 
 Every task gets its own update, computed for the whole batch in one pass (fast weights). With `texts_absorbed=N`,
 each run of N consecutive tasks shares one state that absorbs their N contexts one after another before all N
-questions are asked; rows then also report the first text's questions alone (`questions="first_text"`: retention).
+questions are asked (with the checkpoint's `text_memory="per_text"`, N states, one per text, each question run with
+the one it is most likely under); rows then also report the first text's questions alone (`questions="first_text"`:
+retention).
 Tasks with a `distractors` column (the answers of the context's other facts, as the tiny world has) add
 `distractor_match`: the share of answers that are one of them, found in the text but bound to the wrong fact.
 Tasks with an `answer_kind` column (`name` / `description`: the people tasks for a real LM) add `answer_match`
@@ -45,6 +47,7 @@ from .inner import absorb_groups
 from .losses import token_logprobs
 from .meta_step import MetaDistillModel, causal_logits
 from .metrics import answer_match, exact_match, share_of_gap_closed, token_f1
+from .routing import route
 from .tokens import IGNORE_INDEX, answer_stopping, decode_answers, target_window
 
 logger = logging.getLogger(__name__)
@@ -233,7 +236,7 @@ class ConditionEvaluator:
         labelled = {k: v.to(device) for k, v in collator(batch).items()}
         prompts = {k: v.to(device) for k, v in collator([_without_answer(e) for e in batch]).items()}
         view = "teacher" if condition in ("prompted", "prompted_all") else "student"
-        with self._condition_model(condition, labelled, lr, group) as model:
+        with self._condition_model(condition, labelled, prompts, lr, group) as model:
             logprobs = _answer_logprobs(
                 model, labelled[f"{view}_input_ids"], labelled[f"{view}_attention_mask"], labelled["labels"]
             )
@@ -260,8 +263,14 @@ class ConditionEvaluator:
         return scored
 
     @contextlib.contextmanager
-    def _condition_model(self, condition: str, batch: dict, lr: float | None, group: int) -> Iterator[nn.Module]:
-        """The model of a condition: the base (adapter off), the meta-trained model, either with fast weights."""
+    def _condition_model(
+        self, condition: str, batch: dict, prompts: dict, lr: float | None, group: int
+    ) -> Iterator[nn.Module]:
+        """The model of a condition: the base (adapter off), the meta-trained model, either with fast weights.
+
+        With `text_memory="per_text"` each text of a group keeps its own update, and each row runs with the one its
+        question (`prompts`, never the answer) is most likely under.
+        """
         meta = self.meta
         if condition in ("no_context", "prompted", "prompted_all"):
             with meta.teacher_mode() as base:
@@ -271,17 +280,22 @@ class ConditionEvaluator:
             yield meta.model
             return
         ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
-        if condition == "meta_1step":
-            options = meta.inner_step_options()
-            fast = self._absorb(meta.model, meta.adapted, meta.inner_lrs(), ids, mask, group, **options)
-            with use_fast_weights(fast):
-                yield meta.model
-            return
-        lrs = torch.full((len(self.base_linears.group_names),), float(lr), device=ids.device)
-        with meta.teacher_mode() as base:
-            fast = self._absorb(base, self.base_linears, lrs, ids, mask, group, steps=PLAIN_FT_STEPS[condition])
-            with use_fast_weights(fast):
-                yield base
+        per_text = group > 1 and meta.settings.text_memory == "per_text"
+        states = 1 if per_text else group
+        with contextlib.ExitStack() as stack:
+            if condition == "meta_1step":
+                model = meta.model
+                options = meta.inner_step_options()
+                fast = self._absorb(model, meta.adapted, meta.inner_lrs(), ids, mask, states, **options)
+            else:
+                model = stack.enter_context(meta.teacher_mode())
+                lrs = torch.full((len(self.base_linears.group_names),), float(lr), device=ids.device)
+                steps = PLAIN_FT_STEPS[condition]
+                fast = self._absorb(model, self.base_linears, lrs, ids, mask, states, steps=steps)
+            if per_text:
+                fast, _ = route(model, fast, prompts["student_input_ids"], prompts["student_attention_mask"], group)
+            stack.enter_context(use_fast_weights(fast))
+            yield model
 
     def _absorb(self, model, modules, lrs, ids, mask, group, **step_options) -> FastWeights:
         """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts

@@ -181,7 +181,13 @@ def _texts_phrase(inner_settings: Mapping[str, Any]) -> str:
         episodes = f"episodes of 1 to {max(lengths)} texts (a power of two, drawn per batch)"
     else:
         episodes = "one text" if lengths == [1] else f"episodes of {lengths[0]} texts"
-    return f"this checkpoint was meta-trained on {episodes}, {how}"
+    phrase = f"this checkpoint was meta-trained on {episodes}, {how}"
+    if inner_settings.get("text_memory", "shared") == "per_text":
+        phrase += (
+            ', and keeps each absorbed text\'s update apart (`text_memory="per_text"`): each question runs with '
+            "the update it is most likely under"
+        )
+    return phrase
 
 
 def _inner_loss_phrase(inner_settings: Mapping[str, Any]) -> str:

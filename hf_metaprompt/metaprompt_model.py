@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -21,6 +22,7 @@ from .fast_weights import FastWeights, use_fast_weights
 from .hub import resolve_checkpoint
 from .inner import inner_update
 from .meta_step import MetaDistillModel
+from .routing import route
 from .settings import METAPROMPT_CONFIG_NAME, MetaPromptSettings
 from .tokens import (
     ANSWER_STOP,
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+TEXTS_PER_PASS = 8  # per_text memory: texts per batched inner step
 
 
 class MetaPromptModel(nn.Module):
@@ -52,7 +55,8 @@ class MetaPromptModel(nn.Module):
     ```
 
     `absorb` keeps the updated weights as *fast weights* beside the meta-trained ones, which are never modified:
-    `reset()` returns to the meta-trained state exactly.
+    `reset()` returns to the meta-trained state exactly. With `text_memory="per_text"` each text keeps its own
+    update (`text_states`) and every query runs with the one it is most likely under (`hf_metaprompt.routing`).
     """
 
     def __init__(self, meta: MetaDistillModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -60,6 +64,7 @@ class MetaPromptModel(nn.Module):
         self.meta = meta
         self.tokenizer = tokenizer
         self.fast_weights: FastWeights | None = None
+        self.text_states: FastWeights | None = None  # per_text memory: one state per text, chosen per query
         self.texts_absorbed = 0  # since the last reset(); per row with `per_row=True`
         self._prefix = special_prefix_ids(tokenizer)
         self.meta.requires_grad_(False)
@@ -78,6 +83,7 @@ class MetaPromptModel(nn.Module):
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         load_base: bool = False,
+        text_memory: str | None = None,
     ) -> MetaPromptModel:
         """Load base model + meta-trained adapter + `metaprompt_config.json` + tokenizer (safetensors only).
 
@@ -85,10 +91,13 @@ class MetaPromptModel(nn.Module):
         `save_pretrained`. `base_model` overrides the base recorded in the checkpoint. An `inner_params="all"`
         checkpoint replaces the base's weights, so absorbing and asking need no base; `load_base=True` also loads
         it, for what compares against it (the evaluation's prompted / plain fine-tuning conditions). An adapter
-        checkpoint always has its base (the adapter switched off).
+        checkpoint always has its base (the adapter switched off). `text_memory` overrides how the checkpoint holds
+        several texts (`"shared"` or `"per_text"`; default: as recorded).
         """
         directory = resolve_checkpoint(repo_id_or_path, revision=revision, token=token)
         settings = MetaPromptSettings.load(directory)
+        if text_memory is not None:
+            settings = dataclasses.replace(settings, text_memory=text_memory)  # checked like a loaded value
         _check_weight_files(directory, settings)
         load_kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
         if dtype is not None:
@@ -140,16 +149,17 @@ class MetaPromptModel(nn.Module):
     ) -> MetaPromptModel:
         """Learn `texts` with the meta-trained inner step(s).
 
-        - one text, or several with `per_row=False`: absorbed one after another into a single state that answers
-          every later query (continuing from what was absorbed before, until `reset()`), combined as the checkpoint
-          was meta-trained to (`settings.text_composition`: each step continuing from the previous one, or updates
-          from the meta-trained weights adding up);
+        - one text, or several with `per_row=False`: kept for every later query, with what was absorbed before
+          (until `reset()`), as the checkpoint's `text_memory` says: `"shared"`, one state, the texts combined as the
+          checkpoint was meta-trained to (`settings.text_composition`: each step continuing from the previous one,
+          or updates from the meta-trained weights adding up); `"per_text"`, each text's own update, a query then
+          answered with the update it is most likely under;
         - several texts with `per_row=True`: one independent state per text, computed in one batched pass; row `i`
           of every later batch then uses text `i` (one update per user or session).
 
         A text longer than `window_tokens` (default and most: the checkpoint's `max_context_length`) is cut at
-        sentences into windows, absorbed one after another as several texts; a window about as long as the texts the
-        checkpoint was meta-trained on holds them best.
+        sentences into windows, absorbed as several texts; a window about as long as the texts the checkpoint was
+        meta-trained on holds them best.
         """
         texts = _check_texts(texts)
         count = len(texts)
@@ -162,11 +172,18 @@ class MetaPromptModel(nn.Module):
                 f"A text is longer than the context window ({limit} tokens): per_row=True takes one window per row; "
                 "absorb a long document with per_row=False (window after window)."
             )
+        if not per_row and self.fast_weights is not None and self.fast_weights.num_tasks != 1:
+            raise ValueError("Per-row states are absorbed; reset() before absorbing shared texts.")
         if per_row:
-            self.fast_weights = self._inner_step(*self._encode_contexts(texts), start=None)
+            self.fast_weights, self.text_states = self._inner_step(*self._encode_contexts(texts), start=None), None
+        elif self.settings.text_memory == "per_text":
+            # A few texts per inner pass: its backward holds every adapted layer's activations per text.
+            parts = [self.text_states] if self.text_states is not None else []
+            for start in range(0, len(texts), TEXTS_PER_PASS):
+                parts.append(self._inner_step(*self._encode_contexts(texts[start : start + TEXTS_PER_PASS]), None))
+            self.text_states = FastWeights.cat(parts)
+            logger.info("%d text state(s) kept apart (text_memory='per_text').", self.text_states.num_tasks)
         elif self.settings.text_composition == "additive":
-            if self.fast_weights is not None and self.fast_weights.num_tasks != 1:
-                raise ValueError("Per-row states are absorbed; reset() before absorbing shared texts.")
             ids, mask = self._encode_contexts(texts)
             self.fast_weights = self._add_update(self._inner_step(ids, mask, start=None, rows_per_task=len(texts)))
         else:
@@ -190,7 +207,7 @@ class MetaPromptModel(nn.Module):
 
     def reset(self) -> MetaPromptModel:
         """Forget everything absorbed: back to the meta-trained weights, bit for bit."""
-        self.fast_weights = None
+        self.fast_weights = self.text_states = None
         self.texts_absorbed = 0
         return self
 
@@ -212,16 +229,12 @@ class MetaPromptModel(nn.Module):
         )
         return (
             f"MetaPromptModel(base={s.base_model!r}, adapted={adapted}, inner_steps={s.inner_steps}, "
-            f"text_composition={s.text_composition!r}, texts_absorbed={absorbed})"
+            f"text_composition={s.text_composition!r}, text_memory={s.text_memory!r}, texts_absorbed={absorbed})"
         )
 
     def _inner_step(
         self, ids: torch.Tensor, mask: torch.Tensor, start: FastWeights | None, rows_per_task: int = 1
     ) -> FastWeights:
-        if start is not None and start.num_tasks != ids.shape[0]:
-            raise ValueError(
-                f"{start.num_tasks} per-row states are absorbed; absorb {start.num_tasks} texts, or reset() first."
-            )
         fast_weights, _ = inner_update(
             self.meta.model,
             self.meta.adapted,
@@ -269,17 +282,28 @@ class MetaPromptModel(nn.Module):
         return input_ids.to(self.device), mask.to(self.device)
 
     # ----- using
-    def forward(self, *args, **kwargs):
-        """The wrapped model's forward, with whatever was absorbed."""
-        with use_fast_weights(self.fast_weights):
-            return self.meta.model(*args, **kwargs)
+    def forward(self, input_ids: torch.Tensor | None = None, *args, **kwargs):
+        """The wrapped model's forward, with whatever was absorbed (per text: each row's own choice)."""
+        with use_fast_weights(self._state_for(input_ids, kwargs.get("attention_mask"))):
+            return self.meta.model(input_ids, *args, **kwargs)
 
     @torch.no_grad()
-    def generate(self, *args, **kwargs) -> torch.Tensor:
-        """The wrapped model's `generate`, with whatever was absorbed."""
+    def generate(self, input_ids: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        """The wrapped model's `generate`, with whatever was absorbed (per text: chosen by each row's prompt)."""
         kwargs.setdefault("pad_token_id", pad_token_id(self.tokenizer))
-        with use_fast_weights(self.fast_weights):
-            return self.meta.model.generate(*args, **kwargs)
+        with use_fast_weights(self._state_for(input_ids, kwargs.get("attention_mask"))):
+            return self.meta.model.generate(input_ids, *args, **kwargs)
+
+    def _state_for(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> FastWeights | None:
+        """The absorbed state the rows of `input_ids` run with: with several texts kept apart, each row's own."""
+        states = self.text_states
+        if states is None or states.num_tasks == 1:
+            return states if states is not None else self.fast_weights
+        if input_ids is None:
+            raise ValueError("Texts are kept apart (text_memory='per_text'): pass `input_ids`, which choose the text.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return route(self.meta.model, states, input_ids, attention_mask, texts=states.num_tasks)[0]
 
     def ask(
         self, queries: str | Sequence[str], max_new_tokens: int | None = None, stop: str | None = ANSWER_STOP

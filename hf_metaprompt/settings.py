@@ -16,6 +16,7 @@ INNER_PARAMS = ("lora", "base", "all")
 DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 DISTILL_ON = ("answer", "query_and_answer")
 TEXT_COMPOSITIONS = ("sequential", "additive")
+TEXT_MEMORIES = ("shared", "per_text")
 REVERSAL_UNITS = ("token", "entity")
 
 
@@ -63,6 +64,15 @@ class MetaPromptFields:
             "help": "How several texts combine: 'sequential' (each step starts where the previous text left the "
             "weights) or 'additive' (updates computed from the meta-trained weights add up; needs inner_steps=1).",
             "choices": list(TEXT_COMPOSITIONS),
+        },
+    )
+    text_memory: str = field(
+        default="shared",
+        metadata={
+            "help": "How `absorb` and evaluation hold several texts: 'shared' (one state; texts combine as "
+            "text_composition says) or 'per_text' (each text's update kept apart; each query answered with the "
+            "update it is most likely under). Read when absorbing, never by meta-training.",
+            "choices": list(TEXT_MEMORIES),
         },
     )
     reversed_context_weight: float = field(

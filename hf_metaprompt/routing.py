@@ -1,0 +1,55 @@
+"""Per-text memory: each absorbed text keeps its own one-step update, and a query is answered with the update under
+which the query itself is most likely.
+
+Several texts merged into one state interfere: on SmolLM2 the step stores four texts but loses which answer belongs to
+which question (docs/results.md, "Where do four-text answers go wrong?"). Kept apart, each text's update is the one
+the checkpoint was meta-trained to make, and the question picks it: a question about a text mentions what the text
+says, so the update that absorbed that text predicts the question's own tokens best. No answer and no text is read
+to choose; the cost is one query pass per stored text and one weight copy per text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fast_weights import FastWeights, use_fast_weights
+
+
+@torch.no_grad()
+def sequence_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Summed negative log-likelihood of each row's tokens after its first (padding on either side ignored)."""
+    # Positions counted from each row's first real token, as `generate` counts them for left-padded prompts.
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    keep = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(logprobs.dtype)
+    return -(logprobs * keep).sum(-1)
+
+
+def route(
+    model: nn.Module, states: FastWeights, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: int
+) -> tuple[FastWeights, torch.Tensor]:
+    """Each row's state: of its group's `texts` states, the one its own tokens are most likely under.
+
+    `states` holds one state per text, `texts` consecutive states per group; the rows of `input_ids` split into as
+    many groups, in the same order (row `r` belongs to group `r // (rows // groups)`). Returns per-row fast weights
+    and the chosen text of each row (its position in its group). Ties go to the earlier text.
+    """
+    if not isinstance(texts, int) or texts < 1 or states.num_tasks % texts:
+        raise ValueError(f"{states.num_tasks} states do not split into groups of texts={texts!r}.")
+    groups = states.num_tasks // texts
+    rows = input_ids.shape[0]
+    if rows % groups:
+        raise ValueError(f"{rows} rows do not split into the {groups} groups of the states.")
+    rows_per_group = rows // groups
+    scores = []
+    for position in range(texts):
+        # The position-th state of every group, serving that group's rows: strided views, no copy.
+        candidate = FastWeights(states.modules, [t[position::texts] for t in states.tensors], rows_per_group)
+        with use_fast_weights(candidate):
+            scores.append(sequence_nll(model, input_ids, attention_mask))
+    choice = torch.stack(scores, dim=-1).argmin(dim=-1)
+    group_start = torch.arange(rows, device=choice.device) // rows_per_group * texts
+    index = group_start + choice
+    return FastWeights(states.modules, [t[index] for t in states.tensors]), choice
