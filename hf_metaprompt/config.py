@@ -54,7 +54,7 @@ class MetaDistillConfig(MetaPromptFields, TrainingArguments):
         text_memory (`str`, *optional*, defaults to `"shared"`):
             How the checkpoint holds several texts when it absorbs them (and when its evaluation does): `"shared"`
             (one state, the texts combined as `text_composition` says) or `"per_text"` (each text's update kept
-            apart, and each query answered with the update under which the query itself is most likely, see
+            apart, and each query answered with the update that raises the query's own tokens most, see
             `hf_metaprompt.routing`). Recorded in the checkpoint; meta-training never reads it.
         reversed_context_weight (`float`, *optional*, defaults to `0.0`):
             Weight of a second term of the inner loss: next-token loss on each context read backwards (its tokens

@@ -14,7 +14,7 @@ Conditions (for each task: a context, a query, a gold answer):
 Every task gets its own update, computed for the whole batch in one pass (fast weights). With `texts_absorbed=N`,
 each run of N consecutive tasks shares one state that absorbs their N contexts one after another before all N
 questions are asked (with the checkpoint's `text_memory="per_text"`, N states, one per text, each question run with
-the one it is most likely under); rows then also report the first text's questions alone (`questions="first_text"`:
+the one that raises its tokens most); rows then also report the first text's questions alone (`questions="first_text"`:
 retention).
 Tasks with a `distractors` column (the answers of the context's other facts, as the tiny world has) add
 `distractor_match`: the share of answers that are one of them, found in the text but bound to the wrong fact.
@@ -268,8 +268,8 @@ class ConditionEvaluator:
     ) -> Iterator[nn.Module]:
         """The model of a condition: the base (adapter off), the meta-trained model, either with fast weights.
 
-        With `text_memory="per_text"` each text of a group keeps its own update, and each row runs with the one its
-        question (`prompts`, never the answer) is most likely under.
+        With `text_memory="per_text"` each text of a group keeps its own update, and each row runs with the one that
+        raises its question's tokens most (`prompts`: the answer is never read to choose).
         """
         meta = self.meta
         if condition in ("no_context", "prompted", "prompted_all"):

@@ -185,7 +185,7 @@ def _texts_phrase(inner_settings: Mapping[str, Any]) -> str:
     if inner_settings.get("text_memory", "shared") == "per_text":
         phrase += (
             ', and keeps each absorbed text\'s update apart (`text_memory="per_text"`): each question runs with '
-            "the update it is most likely under"
+            "the update that raises its tokens most"
         )
     return phrase
 

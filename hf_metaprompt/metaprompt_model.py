@@ -56,7 +56,7 @@ class MetaPromptModel(nn.Module):
 
     `absorb` keeps the updated weights as *fast weights* beside the meta-trained ones, which are never modified:
     `reset()` returns to the meta-trained state exactly. With `text_memory="per_text"` each text keeps its own
-    update (`text_states`) and every query runs with the one it is most likely under (`hf_metaprompt.routing`).
+    update (`text_states`) and every query runs with the one that raises its tokens most (`hf_metaprompt.routing`).
     """
 
     def __init__(self, meta: MetaDistillModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -153,7 +153,7 @@ class MetaPromptModel(nn.Module):
           (until `reset()`), as the checkpoint's `text_memory` says: `"shared"`, one state, the texts combined as the
           checkpoint was meta-trained to (`settings.text_composition`: each step continuing from the previous one,
           or updates from the meta-trained weights adding up); `"per_text"`, each text's own update, a query then
-          answered with the update it is most likely under;
+          answered with the update that raises its tokens most;
         - several texts with `per_row=True`: one independent state per text, computed in one batched pass; row `i`
           of every later batch then uses text `i` (one update per user or session).
 

@@ -71,7 +71,7 @@ class MetaPromptFields:
         metadata={
             "help": "How `absorb` and evaluation hold several texts: 'shared' (one state; texts combine as "
             "text_composition says) or 'per_text' (each text's update kept apart; each query answered with the "
-            "update it is most likely under). Read when absorbing, never by meta-training.",
+            "update that raises its tokens most). Read when absorbing, never by meta-training.",
             "choices": list(TEXT_MEMORIES),
         },
     )

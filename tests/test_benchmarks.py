@@ -29,3 +29,18 @@ def test_bench_recipe_step_times_the_recipe_it_is_given(tmp_path, monkeypatch):
     figures = json.loads(out.read_text())
     assert figures["flags"] == flags and figures["batch_size"] == 2
     assert len(figures["steps_s"]) == 2 and all(s > 0 for s in figures["steps_s"]) and figures["peak_rss_gib"] > 0
+
+
+def test_bench_text_memory_times_both_memories(tmp_path, monkeypatch):
+    out = tmp_path / "memory.json"
+    argv = ["bench_text_memory.py", "--texts", "1", "2", "--repeats", "1", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "bench_text_memory.py"), run_name="__main__")
+    rows = json.loads(out.read_text())
+    expected = [("shared", 1), ("shared", 2), ("per_text", 1), ("per_text", 2)]
+    assert [(r["memory"], r["texts"]) for r in rows] == expected
+    assert all(r["absorb_s"] > 0 and r["ask_s"] > 0 for r in rows)
+    size = {(r["memory"], r["texts"]): r["state_mb"] for r in rows}
+    # One state whatever the number of texts, against one per text.
+    assert size["shared", 2] == size["shared", 1] == size["per_text", 1] > 0
+    assert size["per_text", 2] == 2 * size["per_text", 1]

@@ -174,6 +174,7 @@ SCRIPT_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "benchmarks/bench_default.py": lambda: load_script("benchmarks/bench_default.py").build_parser(),
     "benchmarks/bench_label_free.py": lambda: load_script("benchmarks/bench_label_free.py").build_parser(),
     "benchmarks/bench_recipe_step.py": lambda: load_script("benchmarks/bench_recipe_step.py").build_parser(),
+    "benchmarks/bench_text_memory.py": lambda: load_script("benchmarks/bench_text_memory.py").build_parser(),
 }
 
 

@@ -1,4 +1,4 @@
-"""Per-text memory: each absorbed text keeps its own update; a question runs with the one it is most likely under."""
+"""Per-text memory: each absorbed text keeps its own update; a question runs with the one raising its tokens most."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hf_metaprompt.data.tiny_world import load_tiny_world
 from hf_metaprompt.evaluation import ConditionEvaluator
 from hf_metaprompt.fast_weights import FastWeights
 from hf_metaprompt.metrics import exact_match
-from hf_metaprompt.routing import route, sequence_nll
+from hf_metaprompt.routing import route, token_logprobs
 from hf_metaprompt.settings import MetaPromptSettings
 
 TASKS = 96
@@ -61,7 +61,7 @@ def test_the_setting_is_recorded_checked_and_overridable(tmp_path):
 def test_each_question_runs_with_its_own_texts_update(model, tasks):
     """Four texts kept apart: a question's logits are those of the text it picks absorbed alone, and the text it
     picks is mostly its own (its words are what that text taught; tiny-world texts of 8 facts share many of them).
-    Measured: 75 of 96 questions pick their own text, against 24 by chance."""
+    Measured: 89 of 96 questions pick their own text (75 when the rule summed log-likelihoods), 24 by chance."""
     own = 0
     for start in range(0, TASKS, 4):
         group = tasks.select(range(start, start + 4))
@@ -78,12 +78,12 @@ def test_each_question_runs_with_its_own_texts_update(model, tasks):
     model.reset()
     assert model.text_states is None and model.fast_weights is None
     torch.testing.assert_close(kept_apart, alone, rtol=1e-4, atol=1e-4)
-    assert own >= 60, own
+    assert own >= 80, own
 
 
-def test_a_question_is_most_likely_under_the_update_of_its_text(model, tasks):
-    """The rule itself: the text's own tokens are likelier after absorbing it than after absorbing another text; two
-    equal states tie, and a tie goes to the earlier one."""
+def test_a_question_picks_the_update_that_raises_its_tokens_most(model, tasks):
+    """The rule itself: absorbing a text raises its own tokens more than absorbing another text does; two equal
+    states tie, and a tie goes to the earlier one."""
     texts = list(tasks["context"][:2])
     states = model.reset().absorb(texts, per_row=True).fast_weights
     model.reset()
@@ -102,18 +102,18 @@ def test_padding_does_not_change_a_rows_likelihood(model, tasks):
     batch = encode(model, [query, query + " and much more besides this"])
     single = encode(model, [query])
     with torch.no_grad():
-        padded = sequence_nll(model.meta.model, batch["input_ids"], batch["attention_mask"])[0]
-        alone = sequence_nll(model.meta.model, single["input_ids"], single["attention_mask"])[0]
+        padded = token_logprobs(model.meta.model, batch["input_ids"], batch["attention_mask"])[0].sum()
+        alone = token_logprobs(model.meta.model, single["input_ids"], single["attention_mask"])[0].sum()
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
 
 
 def test_texts_kept_apart_are_not_forgotten(model, tasks):
     """Exact match on 96 questions (both directions), measured: one text alone 0.84; 4 texts merged into one state
-    0.59, kept apart 0.70; 16 texts merged 0.26, kept apart 0.64."""
-    assert answered(model, tasks, texts=4) >= 0.6
+    0.59, kept apart 0.80; 16 texts merged 0.26, kept apart 0.74."""
+    assert answered(model, tasks, texts=4) >= 0.7
     kept_apart = answered(model, tasks, texts=16)
     merged = answered(MetaPromptModel.from_pretrained(tiny_metaprompt_path()), tasks, texts=16)
-    assert kept_apart >= 0.5 and kept_apart >= merged + 0.25, (kept_apart, merged)
+    assert kept_apart >= 0.65 and kept_apart >= merged + 0.35, (kept_apart, merged)
 
 
 def test_absorbing_more_texts_adds_states_and_reset_clears_them(model, tasks):
@@ -166,7 +166,7 @@ def test_eval_cli_takes_the_memory_and_refuses_an_unknown_one(tmp_path, capsys):
 def test_a_long_documents_windows_are_kept_apart(model):
     """A document of six tiny-world texts, cut into windows of 96 tokens at sentences: each window's update kept
     apart answers questions about the whole document, not mostly its first window's. Measured on 16 documents (96
-    questions): 0.56 kept apart, 0.27 merged into one state."""
+    questions): 0.69 kept apart, 0.27 merged into one state."""
     test_split = load_tiny_world()["test"]
 
     def document_accuracy(memory_model: MetaPromptModel) -> float:
@@ -182,4 +182,4 @@ def test_a_long_documents_windows_are_kept_apart(model):
 
     kept_apart = document_accuracy(model)
     merged = document_accuracy(MetaPromptModel.from_pretrained(tiny_metaprompt_path()))
-    assert kept_apart >= 0.45 and kept_apart >= merged + 0.15, (kept_apart, merged)
+    assert kept_apart >= 0.55 and kept_apart >= merged + 0.3, (kept_apart, merged)
