@@ -213,7 +213,8 @@ class ConditionEvaluator:
     ) -> list[_TaskScores]:
         group = self.texts_absorbed if condition in SHARED_CONDITIONS else 1
         states = self.batch_size if condition not in PLAIN_FT_STEPS else self.plain_ft_states_per_pass()
-        chunk = states * group
+        # Kept apart, a group holds one state per text (at least one whole group per pass).
+        chunk = max(1, states // group) * group if self._kept_apart(condition, group) else states * group
         scores: list[_TaskScores] = []
         progress = tqdm(total=len(examples), desc=desc, disable=not self.show_progress, leave=False)
         for start in range(0, len(examples), chunk):
@@ -280,7 +281,7 @@ class ConditionEvaluator:
             yield meta.model
             return
         ids, mask = batch["context_input_ids"], batch["context_attention_mask"]
-        per_text = group > 1 and meta.settings.text_memory == "per_text"
+        per_text = self._kept_apart(condition, group)
         states = 1 if per_text else group
         with contextlib.ExitStack() as stack:
             if condition == "meta_1step":
@@ -296,6 +297,11 @@ class ConditionEvaluator:
                 fast, _ = route(model, fast, prompts["student_input_ids"], prompts["student_attention_mask"], group)
             stack.enter_context(use_fast_weights(fast))
             yield model
+
+    def _kept_apart(self, condition: str, group: int) -> bool:
+        """Whether a condition's group of texts keeps one state per text (`text_memory="per_text"`)."""
+        absorbs = condition == "meta_1step" or condition in PLAIN_FT_STEPS
+        return absorbs and group > 1 and self.meta.settings.text_memory == "per_text"
 
     def _absorb(self, model, modules, lrs, ids, mask, group, **step_options) -> FastWeights:
         """Per-task updates; with `group > 1`, each run of `group` tasks shares one state that absorbs their texts

@@ -183,3 +183,20 @@ def test_a_long_documents_windows_are_kept_apart(model):
     kept_apart = document_accuracy(model)
     merged = document_accuracy(MetaPromptModel.from_pretrained(tiny_metaprompt_path()))
     assert kept_apart >= 0.55 and kept_apart >= merged + 0.3, (kept_apart, merged)
+
+
+def test_plain_fine_tuning_keeps_texts_apart_within_its_memory_budget(monkeypatch):
+    """The baseline holds several texts the way the checkpoint does. Each of its states is a full copy of the base's
+    linear weights: kept apart, a pass holds `plain_ft_states_per_pass()` states (texts), not that many groups."""
+    model = MetaPromptModel.from_pretrained(tiny_metaprompt_path(), load_base=True, text_memory="per_text")
+    evaluator = ConditionEvaluator(model.meta, model.tokenizer, texts_absorbed=2, show_progress=False)
+    monkeypatch.setattr(evaluator, "plain_ft_states_per_pass", lambda: 2)
+    passes = []
+    real_absorb = evaluator._absorb
+    monkeypatch.setattr(
+        evaluator, "_absorb", lambda *a, **kw: passes.append((a[3].shape[0], a[5])) or real_absorb(*a, **kw)
+    )
+    group = load_tiny_world()["test"].select(range(8))
+    rows = evaluator.evaluate(group, "tiny_world", ["plain_ft_1step"], plain_ft_lrs={"plain_ft_1step": 0.03})
+    assert passes == [(2, 1)] * 4  # two texts a pass, one state each (merged: four texts, two states)
+    assert {r["texts"] for r in rows} == {2} and sum(r["n"] for r in rows if r["questions"] == "all") == 8
