@@ -16,6 +16,9 @@
 #    --vary_texts_per_episode`), the same mix; checkpoint STAGE3 was chosen by the same rule;
 # 4. its adapter grown from rank 16 to 64 (`examples/grow_lora_rank.py`: the same answers without a step, four times
 #    the room for the inner step), then stage 3's recipe continued on it; checkpoint CHECKPOINT, the same rule.
+# The fourth run also records `--text_memory per_text` (read when absorbing, never by meta-training): several texts are
+# kept apart, one update each, and each question runs with the update that raises its tokens most (chosen on validation
+# people and passages, four texts: docs/results.md#documents).
 # Never chosen on the test people, the test passages or Berglund et al.'s people.
 #
 # Time on the 2-core CPU machine, one thread, another run beside it: stage 1 about 12.5 s per meta-step (1 h for 300
@@ -63,7 +66,7 @@ python examples/run_meta.py --model_name_or_path HuggingFaceTB/SmolLM2-135M-Inst
     --inner_lr 0.1 --max_inner_lr 10 --inner_lr_learning_rate 3e-3 --lora_r 64 --lora_alpha 64 \
     --max_answer_length 32 --max_context_length 128 --max_query_length 64 --logging_steps 5 --report_to none \
     --answer_loss_weight 1 --reversed_context_weight 1 --reversed_context_unit entity --seed 4 \
-    --texts_per_episode 8 --vary_texts_per_episode --text_composition additive \
+    --texts_per_episode 8 --vary_texts_per_episode --text_composition additive --text_memory per_text \
     --max_steps 150 --save_strategy steps --save_steps 50 --output_dir "$OUT/run64" \
     --conditions meta_1step --max_eval_samples 8 --max_validation_samples 8
 # The shipped files: the adapter, its settings and the tokenizer (not the optimizer state).
@@ -84,6 +87,8 @@ score final-berglund --task reversal_questions --dataset_name $R --split test --
     --max_eval_samples 120 --batch_size 16
 score final-berglund-curve --task reversal_questions --dataset_name $R --split test --conditions prompted_all \
     meta_1step --texts_absorbed 2 4 8 --max_eval_samples 120 --batch_size 8
+score final-berglund-ft4 --task reversal_questions --dataset_name $R --split test --conditions plain_ft_1step \
+    --plain_ft_lrs 0.03 --texts_absorbed 4 --max_eval_samples 120 --max_validation_samples 24 --batch_size 8
 score final-people --task people --split test --conditions no_context prompted prompted_all meta_no_step meta_1step \
     --texts_absorbed 1 4 --max_eval_samples 96 --batch_size 16
 score final-people-ft --task people --split test --conditions plain_ft_1step --plain_ft_lrs 0.03 \
@@ -98,8 +103,8 @@ python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-names = ("base-berglund", "base-berglund-ft5", "final-berglund", "final-berglund-curve", "final-people", "final-people-ft",
-         "final-passages", "final-passages-ft", "final-chardesc")
+names = ("base-berglund", "base-berglund-ft5", "final-berglund", "final-berglund-curve", "final-berglund-ft4",
+         "final-people", "final-people-ft", "final-passages", "final-passages-ft", "final-chardesc")
 rows = [row for name in names for row in json.loads((out / "eval" / name / "eval_results.json").read_text())]
 (out / "eval_results.json").write_text(json.dumps(rows, indent=2) + "\n")
 PY
