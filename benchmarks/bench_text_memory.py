@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from bench_absorb import median_seconds  # the scripts' folder is first on the path
 
 from hf_metaprompt import MetaPromptModel
 from hf_metaprompt.assets import smollm2_metaprompt_path, tiny_metaprompt_path
@@ -48,16 +47,6 @@ def load_tasks(task: str, count: int):
 def state_megabytes(model: MetaPromptModel) -> float:
     state = model.text_states if model.text_states is not None else model.fast_weights
     return 0.0 if state is None else sum(t.numel() * t.element_size() for t in state.tensors) / 2**20
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(model: MetaPromptModel, tasks, repeats: int) -> dict[str, float]:

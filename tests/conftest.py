@@ -40,7 +40,11 @@ def load_script(relative_path: str):
     spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))  # as `python SCRIPT` runs it: its folder first on the path
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 
