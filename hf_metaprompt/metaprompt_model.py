@@ -178,10 +178,11 @@ class MetaPromptModel(nn.Module):
             self.fast_weights, self.text_states = self._inner_step(*self._encode_contexts(texts), start=None), None
         elif self.settings.text_memory == "per_text":
             # A few texts per inner pass: its backward holds every adapted layer's activations per text.
-            parts = [self.text_states] if self.text_states is not None else []
+            # What was absorbed before (a one-row state of `per_row=True` included) stays one of the texts.
+            parts = [state for state in (self.fast_weights, self.text_states) if state is not None]
             for start in range(0, len(texts), TEXTS_PER_PASS):
                 parts.append(self._inner_step(*self._encode_contexts(texts[start : start + TEXTS_PER_PASS]), None))
-            self.text_states = FastWeights.cat(parts)
+            self.fast_weights, self.text_states = None, FastWeights.cat(parts)
             logger.info("%d text state(s) kept apart (text_memory='per_text').", self.text_states.num_tasks)
         elif self.settings.text_composition == "additive":
             ids, mask = self._encode_contexts(texts)

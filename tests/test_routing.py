@@ -124,6 +124,12 @@ def test_absorbing_more_texts_adds_states_and_reset_clears_them(model, tasks):
         model(inputs_embeds=torch.zeros(1, 2, model.meta.model.config.hidden_size))
     model.absorb(list(tasks["context"][:2]), per_row=True)  # one state per row replaces what was kept
     assert model.text_states is None and model.fast_weights.num_tasks == 2
+    with pytest.raises(ValueError, match="Per-row states are absorbed; reset"):
+        model.absorb(tasks["context"][2])
+    one_row = model.reset().absorb(tasks["context"][0], per_row=True).fast_weights
+    model.absorb(tasks["context"][1])  # the one-row state is kept as the first text
+    assert model.fast_weights is None and model.text_states.num_tasks == 2
+    torch.testing.assert_close(model.text_states.tensors[0][:1], one_row.tensors[0])
     model.reset()
 
 
