@@ -239,6 +239,11 @@ def test_many_texts_rows_stay_distinct_in_the_model_index():
     assert "meta-trained for up to 2)" in six.text
     one_text = build_model_card(**_card_kwargs(eval_results=curve))
     assert "forget the absorbed text before absorbing another one" in one_text.text
+    kept_apart = build_model_card(
+        **_card_kwargs(eval_results=curve, inner_settings={**settings, "text_memory": "per_text"})
+    )
+    assert "each update adding to the others, and keeps each absorbed text's update apart" in kept_apart.text
+    assert "| `text_memory` | per_text |" in kept_apart.text and "apart" not in card.text
 
 
 @pytest.mark.parametrize(
