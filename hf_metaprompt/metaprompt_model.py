@@ -298,8 +298,10 @@ class MetaPromptModel(nn.Module):
     def _state_for(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> FastWeights | None:
         """The absorbed state the rows of `input_ids` run with: with several texts kept apart, each row's own."""
         states = self.text_states
-        if states is None or states.num_tasks == 1:
-            return states if states is not None else self.fast_weights
+        if states is None:
+            return self.fast_weights
+        if states.num_tasks == 1:
+            return states
         if input_ids is None:
             raise ValueError("Texts are kept apart (text_memory='per_text'): pass `input_ids`, which choose the text.")
         if attention_mask is None:

@@ -16,15 +16,16 @@ import torch
 from torch import nn
 
 from .fast_weights import FastWeights, use_fast_weights
+from .inner import position_ids_from_mask
+from .losses import token_logprobs
 
 
 @torch.no_grad()
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def row_token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Log-probability of each row's tokens after its first, `[rows, length - 1]` (0 where padding is involved)."""
-    # Positions counted from each row's first real token, as `generate` counts them for left-padded prompts.
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids_from_mask(attention_mask)  # as `generate` counts them for left-padded prompts
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    logprobs = token_logprobs(logits, input_ids[:, 1:])
     return logprobs * (attention_mask[:, 1:] * attention_mask[:, :-1]).to(logprobs.dtype)
 
 
@@ -34,7 +35,7 @@ def likelihood_gain(
     """Per row: the sum over its tokens of how much `state` raises their log-probability above `without`'s (the
     model with no update), losses ignored."""
     with use_fast_weights(state):
-        gains = token_logprobs(model, input_ids, attention_mask) - without
+        gains = row_token_logprobs(model, input_ids, attention_mask) - without
     return gains.clamp(min=0).sum(-1)
 
 
@@ -54,7 +55,7 @@ def route(
     if rows % groups:
         raise ValueError(f"{rows} rows do not split into the {groups} groups of the states.")
     rows_per_group = rows // groups
-    without = token_logprobs(model, input_ids, attention_mask)  # the weights the updates were made from
+    without = row_token_logprobs(model, input_ids, attention_mask)  # the weights the updates were made from
     scores = []
     for position in range(texts):
         # The position-th state of every group, serving that group's rows: strided views, no copy.

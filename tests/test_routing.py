@@ -14,7 +14,7 @@ from hf_metaprompt.data.tiny_world import load_tiny_world
 from hf_metaprompt.evaluation import ConditionEvaluator
 from hf_metaprompt.fast_weights import FastWeights
 from hf_metaprompt.metrics import exact_match
-from hf_metaprompt.routing import route, token_logprobs
+from hf_metaprompt.routing import route, row_token_logprobs
 from hf_metaprompt.settings import MetaPromptSettings
 
 TASKS = 96
@@ -102,8 +102,8 @@ def test_padding_does_not_change_a_rows_likelihood(model, tasks):
     batch = encode(model, [query, query + " and much more besides this"])
     single = encode(model, [query])
     with torch.no_grad():
-        padded = token_logprobs(model.meta.model, batch["input_ids"], batch["attention_mask"])[0].sum()
-        alone = token_logprobs(model.meta.model, single["input_ids"], single["attention_mask"])[0].sum()
+        padded = row_token_logprobs(model.meta.model, batch["input_ids"], batch["attention_mask"])[0].sum()
+        alone = row_token_logprobs(model.meta.model, single["input_ids"], single["attention_mask"])[0].sum()
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
 
 
